@@ -1,0 +1,3 @@
+"""Kubernetes operator for Verizon ThingSpace callback-listener registrations."""
+
+__version__ = "0.1.0"

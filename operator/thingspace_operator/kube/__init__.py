@@ -1,0 +1,1 @@
+"""The Kubernetes side: Secrets and status conditions. No ThingSpace HTTP details here."""

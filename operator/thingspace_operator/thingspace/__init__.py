@@ -1,0 +1,1 @@
+"""The ThingSpace side: client, errors, credentials and the simulator. No Kubernetes here."""
