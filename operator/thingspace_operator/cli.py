@@ -1,0 +1,142 @@
+"""Command-line entry points: ``thingspace-operator run`` and ``thingspace-sim``."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+import kubernetes
+
+from .config import OperatorConfig
+from .handlers import build_registry
+from .reconciler import Runtime
+from .thingspace.simulator import run_simulator, simulator_config_from_args
+
+
+def operator_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thingspace-operator",
+        description="Keep Verizon ThingSpace callback registrations equal to "
+        "ThingSpaceCallback resources.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        default=[],
+        help="watch this namespace (repeatable); default: all namespaces",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch all namespaces (the default)"
+    )
+    run.add_argument("--api-url", help="ThingSpace API root [THINGSPACE_API_URL]")
+    run.add_argument(
+        "--resync-seconds", type=float, help="drift check period [THINGSPACE_RESYNC_SECONDS]"
+    )
+    run.add_argument("--health-port", type=int, help="liveness port [THINGSPACE_HEALTH_PORT]")
+    run.add_argument("--metrics-port", type=int, help="metrics port [THINGSPACE_METRICS_PORT]")
+    run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [THINGSPACE_LOG_LEVEL]")
+    run.add_argument(
+        "--log-format", choices=["text", "json"], help="log line format [THINGSPACE_LOG_FORMAT]"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = OperatorConfig.from_env(
+            api_url=args.api_url,
+            resync_seconds=args.resync_seconds,
+            health_port=args.health_port,
+            metrics_port=args.metrics_port,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            namespaces=tuple(args.namespaces) or None,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    run_operator(config)
+    return 0
+
+
+def run_operator(config: OperatorConfig) -> None:
+    configure_logging(config)
+    runtime = Runtime.create(config, kubernetes_api_client())
+    kopf.run(
+        registry=build_registry(config),
+        memo=kopf.Memo(runtime=runtime),
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+    )
+
+
+def kubernetes_api_client() -> kubernetes.client.ApiClient:
+    """In-cluster service account first, then KUBECONFIG or ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    kopf.configure(
+        verbose=config.log_level.upper() == "DEBUG",
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
+    logging.getLogger().setLevel(config.log_level.upper())
+    # aiohttp's access and client logs could carry URLs with tokens in query strings.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def simulator_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thingspace-sim", description="A faithful simulator of the ThingSpace API."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8088)
+    parser.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="KEY:SECRET",
+        help="accepted OAuth app credentials (repeatable; default: demo)",
+    )
+    parser.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="accepted UWS login (repeatable; default: demo)",
+    )
+    parser.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="existing account (repeatable; default: any well-formed name)",
+    )
+    parser.add_argument(
+        "--session-idle-seconds",
+        type=float,
+        help="idle time after which session tokens expire (default 1200)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = simulator_config_from_args(
+            args.app, args.user, args.account, args.session_idle_seconds
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_simulator(args.host, args.port, config)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(operator_main())

@@ -1,0 +1,284 @@
+"""kopf handlers: parse the event, call the reconcile service, map its outcome to status.
+
+No ThingSpace or Secret logic lives here. ``build_registry`` binds the handlers to one
+configuration, so tests and the CLI each get a registry with their own settings.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import kopf
+
+from . import reconciler
+from .config import OperatorConfig
+from .kube.claims import Claim, claim_key, claim_of, rival_owner, successor
+from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
+from .model import FINALIZER, GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
+from .plan import Ownership
+from .reconciler import READY, Outcome, Runtime, Trigger, display_url
+
+log = logging.getLogger(__name__)
+# kopf's own bookkeeping; kept apart from thingspace.io/ so user annotations there count.
+ANNOTATION_PREFIX = "kopf.thingspace.io"
+ClaimsIndex = kopf.Index[tuple[str, str], Claim]
+RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
+
+
+def build_registry(
+    config: OperatorConfig, login: Callable[..., Any] = kopf.login_via_client
+) -> kopf.OperatorRegistry:
+    """All handlers, bound to ``config``. ``login`` finds the cluster: by default through
+    the ``kubernetes`` client (in-cluster service account, then kubeconfig)."""
+    registry = kopf.OperatorRegistry()
+    resource = (GROUP, VERSION, PLURAL)
+    kopf.on.login(registry=registry)(login)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, config)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime | None = memo.get("runtime")
+        if runtime is not None:
+            await runtime.close()
+
+    @kopf.index(*resource, id="claims", registry=registry)
+    def claims(
+        spec: Mapping[str, Any], meta: Mapping[str, Any], namespace: str | None, **_: Any
+    ) -> dict[tuple[str, str], Claim] | None:
+        key = claim_key(spec)
+        return {key: claim_of(meta, namespace or "")} if key else None
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    async def reconcile(
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        namespace: str | None,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        retry: int,
+        **kwargs: Any,
+    ) -> None:
+        claims: ClaimsIndex = kwargs["claims"]
+        runtime: Runtime = memo["runtime"]
+        rival = _rival(claims, spec, meta, namespace)
+        outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, Trigger(), rival)
+        report(outcome, status, meta, patch, body)
+        raise_for_retry(outcome, retry, runtime.config)
+
+    @kopf.on.update(*resource, field=RECONCILE_REQUESTED_FIELD, registry=registry)
+    async def reconcile_now(
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        namespace: str | None,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        new: Any,
+        **kwargs: Any,
+    ) -> None:
+        claims: ClaimsIndex = kwargs["claims"]
+        """A new annotation value: reconcile at once, with a list fetched from now on."""
+        runtime: Runtime = memo["runtime"]
+        rival = _rival(claims, spec, meta, namespace)
+        trigger = Trigger(not_before=time.monotonic())
+        outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
+        report(outcome, status, meta, patch, body)
+        if new is not None:
+            patch.status["lastHandledReconcileAt"] = str(new)
+
+    @kopf.timer(
+        *resource,
+        registry=registry,
+        interval=config.resync_seconds,
+        initial_delay=config.resync_seconds,
+    )
+    async def check_drift(
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        namespace: str | None,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        claims: ClaimsIndex = kwargs["claims"]
+        runtime: Runtime = memo["runtime"]
+        rival = _rival(claims, spec, meta, namespace)
+        trigger = Trigger(not_before=drift_window_start(config.resync_seconds), drift_check=True)
+        outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
+        report(outcome, status, meta, patch, body)
+
+    @kopf.on.delete(*resource, registry=registry)
+    async def deregister(
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        namespace: str | None,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        retry: int,
+        **kwargs: Any,
+    ) -> None:
+        claims: ClaimsIndex = kwargs["claims"]
+        runtime: Runtime = memo["runtime"]
+        ownership, heir = _ownership(claims, spec, meta, namespace)
+        owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
+        outcome = await reconciler.release(
+            _namespaced(namespace), spec, owned - {""}, runtime, ownership
+        )
+        if not outcome.succeeded:
+            report(outcome, status, meta, patch, body, deleting=True)
+            # The finalizer stays until deregistration succeeds or the policy says Orphan.
+            raise kopf.TemporaryError(outcome.synced.message, delay=backoff(retry, runtime.config))
+        post_event(body, outcome, status)
+        if heir is not None:
+            # Wake the next owner now instead of at its next drift check.
+            await runtime.resources.request_reconcile(heir.namespace, heir.name)
+
+    return registry
+
+
+def _rival(
+    claims: ClaimsIndex,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    namespace: str | None,
+) -> Claim | None:
+    key = claim_key(spec)
+    if key is None or key not in claims:
+        return None
+    return rival_owner(claims[key], claim_of(meta, namespace or ""))
+
+
+def _ownership(
+    claims: ClaimsIndex,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    namespace: str | None,
+) -> tuple[Ownership, Claim | None]:
+    """Whether this resource (being deleted) owned the registration, and who is next."""
+    key = claim_key(spec)
+    me = replace(claim_of(meta, namespace or ""), deleting=False)
+    everyone = list(claims.get(key, ())) if key else []
+    heir = successor(everyone, me)
+    if heir is not None and heir < me:
+        return Ownership.NOT_OWNER, None
+    return (Ownership.HANDOVER if heir else Ownership.SOLE), heir
+
+
+def _namespaced(namespace: str | None) -> str:
+    if not namespace:  # the CRD is namespaced; kopf always passes one
+        raise kopf.PermanentError("ThingSpaceCallback objects must be namespaced")
+    return namespace
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    settings.persistence.finalizer = FINALIZER
+    # kopf's bookkeeping goes to annotations, never into our status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # A watch that silently stalls is kopf's best-known failure: bound both sides.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.queueing.worker_limit = 64
+    settings.posting.level = logging.INFO  # only our explicit Events are posted
+    settings.execution.max_workers = 8
+
+
+def drift_window_start(period: float) -> float:
+    """Start of the current drift period: one shared list per account per period.
+
+    Every timer of an account accepts any list fetched since the period began, so the
+    first timer to fire in a period fetches and the others reuse its answer.
+    """
+    now = time.monotonic()
+    return now - (now % period)
+
+
+def report(
+    outcome: Outcome,
+    status: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    patch: kopf.Patch,
+    body: kopf.Body,
+    deleting: bool = False,
+) -> None:
+    """Patch only the status fields that changed, and announce what is news."""
+    desired = desired_status(outcome, status, meta.get("generation"), deleting)
+    for key, value in changed_fields(status, desired).items():
+        patch.status[key] = value
+    post_event(body, outcome, status)
+
+
+def desired_status(
+    outcome: Outcome, status: Mapping[str, Any], generation: int | None, deleting: bool = False
+) -> dict[str, Any]:
+    now = utc_timestamp()
+    updates = [outcome.synced]
+    ready = outcome.ready
+    if deleting:
+        ready = Condition(READY, "False", "Deleting", outcome.synced.message)
+    elif ready is None and not condition(status, READY):
+        ready = Condition(READY, "False", outcome.synced.reason, outcome.synced.message)
+    if ready is not None:
+        updates.append(ready)
+    desired: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(status.get("conditions") or (), updates, generation, now),
+    }
+    if outcome.observed:
+        desired["registration"] = (
+            {
+                "url": display_url(outcome.live.url),
+                "hasCallbackCredentials": outcome.live.has_credentials,
+            }
+            if outcome.live is not None
+            else None
+        )
+    if outcome.succeeded:
+        desired["lastSyncTime"] = now
+    return desired
+
+
+def post_event(body: kopf.Body, outcome: Outcome, status: Mapping[str, Any]) -> None:
+    """Post the outcome's Event; a state already reported is not announced again."""
+    event = outcome.event
+    if event is None:
+        return
+    if event.news_of and condition(status, event.news_of).get("reason") == event.reason:
+        return
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def raise_for_retry(outcome: Outcome, retry: int, config: OperatorConfig) -> None:
+    """Transient failures retry with backoff; permanent ones wait for a change or a drift check."""
+    if outcome.succeeded:
+        return
+    if outcome.transient:
+        delay = outcome.retry_after or backoff(retry, config)
+        raise kopf.TemporaryError(outcome.synced.message, delay=delay)
+    raise kopf.PermanentError(outcome.synced.message)
+
+
+def backoff(retry: int, config: OperatorConfig) -> float:
+    """Exponential backoff with full jitter, capped."""
+    ceiling = min(config.retry_max_seconds, config.retry_base_seconds * 2 ** min(retry, 16))
+    return max(config.retry_base_seconds / 2, random.uniform(0, ceiling))

@@ -1,0 +1,98 @@
+"""Credential Secrets: read with the official ``kubernetes`` client, parse, never reveal.
+
+Error messages name the Secret and the key, never a value.
+"""
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Mapping
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from ..thingspace.models import AppCredentials
+from ..thingspace.services import CALLBACK_CREDENTIAL_MAX_LENGTH
+
+APP_CREDENTIAL_KEYS = ("appKey", "appSecret", "username", "password")
+CALLBACK_CREDENTIAL_KEYS = ("username", "password")
+
+
+class CredentialsNotFound(Exception):
+    """The referenced Secret does not exist (or cannot be read)."""
+
+
+class CredentialsInvalid(Exception):
+    """The Secret exists but a key is missing, empty, not UTF-8 or too long."""
+
+
+class SecretReader:
+    """Reads Secrets in the resource's namespace through the Kubernetes API."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self._core = kubernetes.client.CoreV1Api(api_client)
+
+    async def read(self, namespace: str, name: str) -> dict[str, str]:
+        """The Secret's data, decoded; raises ``CredentialsNotFound`` if it is absent."""
+        try:
+            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise CredentialsNotFound(f"Secret {namespace}/{name} not found") from None
+            if exc.status == 403:
+                raise CredentialsNotFound(
+                    f"the operator may not read Secret {namespace}/{name} (HTTP 403)"
+                ) from None
+            raise
+        return decode_secret_data(secret.data or {}, f"{namespace}/{name}")
+
+    async def app_credentials(self, namespace: str, name: str) -> AppCredentials:
+        data = await self.read(namespace, name)
+        return app_credentials_from(data, f"{namespace}/{name}")
+
+    async def callback_credentials(self, namespace: str, name: str) -> tuple[str, str]:
+        data = await self.read(namespace, name)
+        return callback_credentials_from(data, f"{namespace}/{name}")
+
+
+def decode_secret_data(data: Mapping[str, str | bytes], where: str) -> dict[str, str]:
+    decoded = {}
+    for key, value in data.items():
+        try:
+            decoded[key] = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise CredentialsInvalid(
+                f"Secret {where} key {key!r} is not valid base64-encoded UTF-8"
+            ) from None
+    return decoded
+
+
+def _required(data: Mapping[str, str], keys: tuple[str, ...], where: str) -> list[str]:
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise CredentialsInvalid(f"Secret {where} lacks key(s) {', '.join(missing)}")
+    empty = [key for key in keys if not data[key].strip()]
+    if empty:
+        raise CredentialsInvalid(f"Secret {where} has empty key(s) {', '.join(empty)}")
+    # A trailing newline is an artefact of `echo ... | base64`, never part of a credential.
+    return [data[key].rstrip("\r\n") for key in keys]
+
+
+def app_credentials_from(data: Mapping[str, str], where: str) -> AppCredentials:
+    app_key, app_secret, username, password = _required(data, APP_CREDENTIAL_KEYS, where)
+    return AppCredentials(app_key, app_secret, username, password)
+
+
+def callback_credentials_from(data: Mapping[str, str], where: str) -> tuple[str, str]:
+    username, password = _required(data, CALLBACK_CREDENTIAL_KEYS, where)
+    too_long = [
+        key
+        for key, value in (("username", username), ("password", password))
+        if len(value) > CALLBACK_CREDENTIAL_MAX_LENGTH
+    ]
+    if too_long:
+        raise CredentialsInvalid(
+            f"Secret {where} key(s) {', '.join(too_long)} exceed ThingSpace's limit of "
+            f"{CALLBACK_CREDENTIAL_MAX_LENGTH} characters"
+        )
+    return username, password

@@ -1,0 +1,58 @@
+"""Status conditions in the ``metav1.Condition`` shape, and the status patch built from them.
+
+``lastTransitionTime`` moves only when a condition's ``status`` flips, so it tells when a
+resource last became (un)ready, not when it was last looked at.
+"""
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+def utc_timestamp(now: datetime.datetime | None = None) -> str:
+    moment = now or datetime.datetime.now(datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    current: Iterable[Mapping[str, Any]],
+    updates: Iterable[Condition],
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Apply ``updates`` to ``current``, keeping lastTransitionTime unless status flips."""
+    merged = {str(c.get("type")): dict(c) for c in current if c.get("type")}
+    for update in updates:
+        previous = merged.get(update.type, {})
+        flipped = previous.get("status") != update.status
+        merged[update.type] = {
+            "type": str(update.type),
+            "status": str(update.status),
+            "reason": str(update.reason),
+            "message": update.message,
+            "lastTransitionTime": now if flipped else previous.get("lastTransitionTime", now),
+            **({"observedGeneration": generation} if generation is not None else {}),
+        }
+    return list(merged.values())
+
+
+def condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    """The condition of ``type_`` in a status, or an empty mapping."""
+    for item in status.get("conditions") or ():
+        if item.get("type") == type_:
+            return dict(item)
+    return {}
+
+
+def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level status fields whose value differs: only these are patched."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}

@@ -1,0 +1,112 @@
+"""The ThingSpaceCallback resource as the operator reads it: names, spec parsing, policies.
+
+The CRD schema already enforces most rules, but the operator never trusts that: a spec
+that slipped past validation becomes an ``InvalidSpec`` condition, not a crash.
+"""
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .thingspace.services import (
+    ACCOUNT_NAME_MAX_LENGTH,
+    ACCOUNT_NAME_RE,
+    CALLBACK_SERVICE_NAMES,
+)
+
+GROUP = "thingspace.io"
+VERSION = "v1alpha1"
+PLURAL = "thingspacecallbacks"
+KIND = "ThingSpaceCallback"
+FINALIZER = "thingspace.io/deregister"
+RECONCILE_REQUESTED_ANNOTATION = "thingspace.io/reconcile-requested-at"
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+URL_MAX_LENGTH = 2048
+
+
+class DeletionPolicy(enum.StrEnum):
+    DELETE = "Delete"
+    ORPHAN = "Orphan"
+
+
+class ManagementPolicy(enum.StrEnum):
+    MANAGE = "Manage"
+    OBSERVE_ONLY = "ObserveOnly"
+
+
+class InvalidSpec(ValueError):
+    """The resource's spec cannot be acted on; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class CallbackSpec:
+    account_name: str
+    service_name: str
+    url: str
+    credentials_secret: str
+    callback_credentials_secret: str | None = None
+    deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
+    management_policy: ManagementPolicy = ManagementPolicy.MANAGE
+    suspend: bool = False
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> "CallbackSpec":
+        account = _required_string(spec, "accountName")
+        if len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.match(account):
+            raise InvalidSpec(
+                "spec.accountName must be a billing account name such as 0000123456-00001"
+            )
+        service = _required_string(spec, "serviceName")
+        if service not in CALLBACK_SERVICE_NAMES:
+            raise InvalidSpec(f"spec.serviceName {service!r} is not a known callback service")
+        url = _required_string(spec, "url")
+        if len(url) > URL_MAX_LENGTH or not URL_RE.match(url):
+            raise InvalidSpec("spec.url must be an http:// or https:// URL")
+        suspend = spec.get("suspend", False)
+        if not isinstance(suspend, bool):
+            raise InvalidSpec("spec.suspend must be true or false")
+        return cls(
+            account_name=account,
+            service_name=service,
+            url=url,
+            credentials_secret=_secret_name(spec, "credentialsSecretRef", required=True) or "",
+            callback_credentials_secret=_secret_name(spec, "callbackCredentialsSecretRef"),
+            deletion_policy=_choice(spec, "deletionPolicy", DeletionPolicy, DeletionPolicy.DELETE),
+            management_policy=_choice(
+                spec, "managementPolicy", ManagementPolicy, ManagementPolicy.MANAGE
+            ),
+            suspend=suspend,
+        )
+
+
+def _required_string(spec: Mapping[str, Any], key: str) -> str:
+    value = spec.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(f"spec.{key} is required")
+    return value
+
+
+def _secret_name(spec: Mapping[str, Any], key: str, required: bool = False) -> str | None:
+    ref = spec.get(key)
+    if ref is None and not required:
+        return None
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidSpec(f"spec.{key}.name is required")
+    return name
+
+
+def _choice(spec: Mapping[str, Any], key: str, choices: type[E], default: E) -> E:
+    value = spec.get(key)
+    if value is None:
+        return default
+    try:
+        return choices(value)
+    except ValueError:
+        allowed = ", ".join(choice.value for choice in choices)
+        raise InvalidSpec(f"spec.{key} must be one of {allowed}") from None

@@ -1,0 +1,421 @@
+"""The reconcile service: read credentials, observe ThingSpace, apply the plan, report.
+
+Handlers call ``sync`` or ``release`` and map the returned ``Outcome`` onto status and
+Events. Everything that can go wrong is caught here and becomes an ``Outcome`` with a
+condition reason, so handlers never see a raw exception from ThingSpace or a Secret.
+"""
+
+import asyncio
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from kubernetes.client import ApiClient
+
+from .config import OperatorConfig
+from .kube.claims import Claim
+from .kube.resources import CallbackResources
+from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader
+from .kube.status import Condition
+from .model import CallbackSpec, InvalidSpec, ManagementPolicy
+from .plan import Action, DeleteReason, Drift, Ownership, plan_delete, plan_sync
+from .thingspace.accounts import AccountView, AccountViews
+from .thingspace.client import ClientPool
+from .thingspace.errors import (
+    AuthenticationFailed,
+    RateLimited,
+    RequestRejected,
+    ThingSpaceError,
+    Unavailable,
+)
+from .thingspace.models import Callback
+
+READY, SYNCED = "Ready", "Synced"
+
+
+class Reason(enum.StrEnum):
+    REGISTERED = "Registered"
+    PENDING = "Pending"
+    DRIFTED = "Drifted"
+    SUSPENDED = "Suspended"
+    DELETING = "Deleting"
+    CONFLICT = "Conflict"
+    RECONCILE_SUCCESS = "ReconcileSuccess"
+    OBSERVE_ONLY = "ObserveOnly"
+    INVALID_SPEC = "InvalidSpec"
+    CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    CREDENTIALS_INVALID = "CredentialsInvalid"
+    AUTHENTICATION_FAILED = "AuthenticationFailed"
+    REJECTED = "Rejected"
+    UNAVAILABLE = "Unavailable"
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share, handed to kopf as its ``memo``."""
+
+    config: OperatorConfig
+    secrets: SecretReader
+    resources: CallbackResources
+    clients: ClientPool
+    views: AccountViews
+    locks: dict[tuple[str, str], asyncio.Lock]
+
+    @classmethod
+    def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
+        return cls(
+            config=config,
+            secrets=SecretReader(api_client),
+            resources=CallbackResources(api_client),
+            clients=ClientPool(config.api_url, config.request_timeout_seconds),
+            views=AccountViews(config.max_concurrent_calls_per_account),
+            locks={},
+        )
+
+    def lock_for(self, account: str, service: str) -> asyncio.Lock:
+        """One registration is changed by one reconcile at a time (handler vs timer)."""
+        return self.locks.setdefault((account, service), asyncio.Lock())
+
+    async def close(self) -> None:
+        await self.clients.close()
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A Kubernetes Event to post about the resource."""
+
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+    news_of: str | None = None
+    """A condition type: post only when that condition gets this reason (not on repeats)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    synced: Condition
+    ready: Condition | None = None  # None: not observed, keep whatever Ready said
+    observed: bool = False
+    live: Callback | None = None
+    event: Announcement | None = None
+    transient: bool = False  # worth retrying soon (ThingSpace unavailable or throttling)
+    retry_after: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.synced.status == "True"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a reconcile runs, which decides how fresh ThingSpace's list must be."""
+
+    not_before: float | None = None  # monotonic time; None: the config's max age
+    drift_check: bool = False  # a periodic check: corrections are DriftCorrected
+
+
+async def sync(
+    namespace: str,
+    spec_body: Mapping[str, Any],
+    runtime: Runtime,
+    trigger: Trigger,
+    rival: Claim | None = None,
+) -> Outcome:
+    """Make ThingSpace's registration equal the spec (or only observe it).
+
+    ``rival`` is the older resource that owns the same registration, if any: then this
+    one reports the conflict and makes no ThingSpace call at all.
+    """
+    try:
+        spec = CallbackSpec.parse(spec_body)
+        if spec.suspend:
+            return _suspended()
+        if rival is not None:
+            return _conflict(spec, rival)
+        desired, view = await _prepare(namespace, spec, runtime)
+        async with runtime.lock_for(spec.account_name, spec.service_name):
+            return await _sync_locked(spec, desired, view, runtime, trigger)
+    except Exception as exc:
+        return failure_outcome(exc)
+
+
+async def _prepare(
+    namespace: str, spec: CallbackSpec, runtime: Runtime
+) -> tuple[Callback, AccountView]:
+    view = await _view_for(namespace, spec, runtime)
+    username = password = ""
+    if spec.callback_credentials_secret:
+        username, password = await runtime.secrets.callback_credentials(
+            namespace, spec.callback_credentials_secret
+        )
+    desired = Callback(spec.account_name, spec.service_name, spec.url, username, password)
+    return desired, view
+
+
+async def _view_for(namespace: str, spec: CallbackSpec, runtime: Runtime) -> AccountView:
+    credentials = await runtime.secrets.app_credentials(namespace, spec.credentials_secret)
+    client = runtime.clients.client_for(credentials)
+    return runtime.views.view(client, spec.account_name)
+
+
+async def _sync_locked(
+    spec: CallbackSpec, desired: Callback, view: AccountView, runtime: Runtime, trigger: Trigger
+) -> Outcome:
+    not_before = trigger.not_before
+    if not_before is None:
+        not_before = view.now() - runtime.config.observation_max_age_seconds
+    live = (await view.observe(not_before)).get(spec.service_name)
+    plan = plan_sync(desired, live, spec.management_policy)
+    if spec.management_policy is ManagementPolicy.OBSERVE_ONLY:
+        return _observed_only(desired, live, plan.drift)
+    if plan.action is Action.NOTHING:
+        return _in_sync(desired, live)
+    try:
+        written_at = await view.register(desired)
+    except ThingSpaceError as exc:
+        return failure_outcome(exc, observed_live=(live,))
+    verified = (await view.observe(written_at)).get(spec.service_name)
+    if plan_sync(desired, verified, spec.management_policy).action is not Action.NOTHING:
+        return _failure(
+            Reason.UNAVAILABLE,
+            "ThingSpace accepted the registration but lists a different one; will retry",
+            transient=True,
+            observed_live=(verified,),
+        )
+    return _registered(desired, verified, live, plan.drift, trigger.drift_check)
+
+
+async def release(
+    namespace: str,
+    spec_body: Mapping[str, Any],
+    owned_urls: set[str],
+    runtime: Runtime,
+    ownership: Ownership = Ownership.SOLE,
+) -> Outcome:
+    """Deregister on delete, but only what this resource owns. ``synced`` True: done."""
+    try:
+        spec = CallbackSpec.parse(spec_body)
+        decided = plan_delete(
+            spec.deletion_policy,
+            spec.management_policy,
+            spec.suspend,
+            owned_urls,
+            None,
+            ownership,
+        )
+        if decided.reason is not DeleteReason.ALREADY_GONE:  # no need to look at ThingSpace
+            return _released(spec, decided.reason)
+        view = await _view_for(namespace, spec, runtime)
+        async with runtime.lock_for(spec.account_name, spec.service_name):
+            live = (await view.observe(view.now())).get(spec.service_name)
+            plan = plan_delete(
+                spec.deletion_policy, spec.management_policy, spec.suspend, owned_urls, live
+            )
+            if plan.action is Action.DEREGISTER:
+                await _deregister(view, spec.service_name)
+            return _released(spec, plan.reason, live)
+    except Exception as exc:
+        return failure_outcome(exc)
+
+
+async def _deregister(view: AccountView, service: str) -> None:
+    try:
+        await view.deregister(service)
+    except RequestRejected:
+        # Gone meanwhile (deregistering an absent service is a 400): that is success.
+        if service in await view.observe(view.now()):
+            raise
+
+
+# --- outcomes --------------------------------------------------------------------------
+
+
+def display_url(url: str) -> str:
+    """The URL without any user:password part, fit for status, Events and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _where(callback: Callback) -> str:
+    return f"{callback.service_name} callbacks of account {callback.account_name}"
+
+
+def _in_sync(desired: Callback, live: Callback | None) -> Outcome:
+    return Outcome(
+        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, "Live registration verified"),
+        ready=Condition(
+            READY,
+            "True",
+            Reason.REGISTERED,
+            f"ThingSpace delivers {_where(desired)} to {display_url(desired.url)}",
+        ),
+        observed=True,
+        live=live,
+    )
+
+
+def _registered(
+    desired: Callback,
+    verified: Callback | None,
+    previous: Callback | None,
+    drift: Drift,
+    drift_check: bool,
+) -> Outcome:
+    where = f"{_where(desired)} at {display_url(desired.url)}"
+    if drift_check:
+        event = Announcement("Normal", "DriftCorrected", f"Re-registered {where} ({drift})")
+    elif previous is not None and previous.url != desired.url:
+        event = Announcement(
+            "Normal",
+            "Registered",
+            f"Registered {where}, replacing {display_url(previous.url)}",
+        )
+    else:
+        event = Announcement("Normal", "Registered", f"Registered {where}")
+    return Outcome(
+        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, "Registered and verified"),
+        ready=Condition(
+            READY,
+            "True",
+            Reason.REGISTERED,
+            f"ThingSpace delivers {_where(desired)} to {display_url(desired.url)}",
+        ),
+        observed=True,
+        live=verified,
+        event=event,
+    )
+
+
+def _observed_only(desired: Callback, live: Callback | None, drift: Drift) -> Outcome:
+    synced = Condition(
+        SYNCED, "True", Reason.OBSERVE_ONLY, "managementPolicy is ObserveOnly: never writes"
+    )
+    if drift is Drift.NONE:
+        ready = Condition(READY, "True", Reason.REGISTERED, "Live registration matches the spec")
+        event = None
+    else:
+        reason = Reason.PENDING if live is None else Reason.DRIFTED
+        ready = Condition(READY, "False", reason, f"Live registration: {drift}")
+        event = Announcement(
+            "Warning", reason, f"{_where(desired)}: {drift} (observe only)", news_of=READY
+        )
+    return Outcome(synced=synced, ready=ready, observed=True, live=live, event=event)
+
+
+def _conflict(spec: CallbackSpec, rival: Claim) -> Outcome:
+    message = (
+        f"{spec.service_name} callbacks of account {spec.account_name} are declared by "
+        f"{rival.ref}, which is older and owns the registration; this resource makes no "
+        "ThingSpace calls until that one is deleted"
+    )
+    return Outcome(
+        synced=Condition(SYNCED, "False", Reason.CONFLICT, message),
+        ready=Condition(READY, "False", Reason.CONFLICT, message),
+        event=Announcement("Warning", Reason.CONFLICT, message, news_of=SYNCED),
+    )
+
+
+def _suspended() -> Outcome:
+    message = "spec.suspend is true: no ThingSpace calls until it is false"
+    return Outcome(
+        synced=Condition(SYNCED, "False", Reason.SUSPENDED, message),
+        ready=Condition(READY, "Unknown", Reason.SUSPENDED, message),
+    )
+
+
+def _released(spec: CallbackSpec, reason: DeleteReason, live: Callback | None = None) -> Outcome:
+    where = f"{spec.service_name} callbacks of account {spec.account_name}"
+    if reason is DeleteReason.OWNED:
+        event = Announcement("Normal", "Deregistered", f"Deregistered {where}")
+    elif reason is DeleteReason.ALREADY_GONE:
+        event = Announcement("Normal", "Deregistered", f"{where}: {reason}")
+    elif reason in (DeleteReason.NOT_OWNER, DeleteReason.HANDOVER):
+        event = Announcement(
+            "Normal", "DeregistrationSkipped", f"Left {where} registered: {reason}"
+        )
+    elif reason is DeleteReason.NOT_OURS:
+        event = Announcement(
+            "Warning",
+            "DeregistrationSkipped",
+            f"Left {where} registered: {reason} ({display_url(live.url) if live else ''})",
+        )
+    else:
+        event = Announcement("Normal", "Orphaned", f"Left {where} registered: {reason}")
+    return Outcome(
+        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, event.message),
+        event=event,
+    )
+
+
+def failure_outcome(exc: BaseException, observed_live: tuple[Callback | None, ...] = ()) -> Outcome:
+    """Map any failure to its condition reason. The one place that knows this mapping."""
+    match exc:
+        case InvalidSpec():
+            return _failure(Reason.INVALID_SPEC, str(exc), observed_live=observed_live)
+        case CredentialsNotFound():
+            return _failure(Reason.CREDENTIALS_NOT_FOUND, str(exc), observed_live=observed_live)
+        case CredentialsInvalid():
+            return _failure(Reason.CREDENTIALS_INVALID, str(exc), observed_live=observed_live)
+        case AuthenticationFailed(stage="oauth"):
+            message = (
+                f"{exc}. Fix appKey/appSecret in the credentials Secret; the operator makes "
+                "no further attempt with these values"
+            )
+            return _failure(Reason.AUTHENTICATION_FAILED, message, observed_live=observed_live)
+        case AuthenticationFailed():
+            message = (
+                f"{exc}. Fix username/password in the credentials Secret; the operator will "
+                "not log in again with these values (five failed logins lock the user)"
+            )
+            return _failure(Reason.AUTHENTICATION_FAILED, message, observed_live=observed_live)
+        case RequestRejected():
+            return _failure(
+                Reason.REJECTED,
+                f"ThingSpace rejected the request: {exc}",
+                observed_live=observed_live,
+            )
+        case RateLimited():
+            return _failure(
+                Reason.UNAVAILABLE,
+                str(exc),
+                transient=True,
+                retry_after=exc.retry_after,
+                observed_live=observed_live,
+            )
+        case Unavailable():
+            return _failure(
+                Reason.UNAVAILABLE, str(exc), transient=True, observed_live=observed_live
+            )
+    # A bug or an unexpected API error: say so without echoing anything that might be secret.
+    return _failure(
+        Reason.UNAVAILABLE,
+        f"Unexpected error: {type(exc).__name__}",
+        transient=True,
+        observed_live=observed_live,
+    )
+
+
+def _failure(
+    reason: Reason,
+    message: str,
+    *,
+    transient: bool = False,
+    retry_after: float | None = None,
+    observed_live: tuple[Callback | None, ...] = (),
+) -> Outcome:
+    """A failed reconcile. ``observed_live`` holds the live registration if it was seen."""
+    observed = bool(observed_live)
+    return Outcome(
+        synced=Condition(SYNCED, "False", reason, message),
+        # Seen and not as declared: not ready. Not seen: Ready keeps its last known value.
+        ready=Condition(READY, "False", reason, message) if observed else None,
+        observed=observed,
+        live=observed_live[0] if observed else None,
+        event=Announcement("Warning", reason, message, news_of=SYNCED),
+        transient=transient,
+        retry_after=retry_after,
+    )

@@ -1,0 +1,138 @@
+"""One shared view of an account's live callback list.
+
+Every resource of an account (under one credential set) reads ThingSpace through the same
+``AccountView``, so ThingSpace sees calls per account, not per resource:
+
+- a caller says how fresh the list must be (``not_before``: the fetch must have started at
+  or after that moment); a cached list that is fresh enough is reused;
+- concurrent callers join the fetch already in flight when it is fresh enough for them
+  (single flight);
+- a fetch waits until the account's writes in flight have finished, so one list after a
+  burst of registrations verifies all of them;
+- writes go through the view, update the cached list, and are limited to a few at a time
+  per account.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .client import ThingSpaceClient
+from .models import AppCredentials, Callback
+
+LiveCallbacks = dict[str, Callback]
+
+
+@dataclass(frozen=True)
+class Observation:
+    started_at: float
+    callbacks: LiveCallbacks
+
+
+class AccountView:
+    def __init__(
+        self,
+        client: ThingSpaceClient,
+        account: str,
+        max_concurrent_calls: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.account = account
+        self._clock = clock
+        self._calls = asyncio.Semaphore(max_concurrent_calls)
+        self._cached: Observation | None = None
+        self._inflight: tuple[float, asyncio.Task[Observation]] | None = None
+        self._writes_in_flight = 0
+        self._writes_done = asyncio.Condition()
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def observe(self, not_before: float) -> LiveCallbacks:
+        """The live callbacks, from a list call that started at or after ``not_before``."""
+        while True:
+            if self._cached is not None and self._cached.started_at >= not_before:
+                return self._cached.callbacks
+            if self._inflight is None:
+                self._inflight = (self._clock(), asyncio.create_task(self._fetch()))
+            started_at, task = self._inflight
+            if started_at >= not_before:
+                return (await asyncio.shield(task)).callbacks
+            # Too old for this caller: let it finish, then start (or join) a newer one.
+            await asyncio.wait([task])
+
+    async def register(self, callback: Callback) -> float:
+        """Register (or replace) ``callback``; returns when the write finished."""
+        async with self._writing():
+            await self.client.register(callback)
+            self._update_cache(callback.service_name, callback)
+        return self._clock()
+
+    async def deregister(self, service: str) -> float:
+        async with self._writing():
+            await self.client.deregister(self.account, service)
+            self._update_cache(service, None)
+        return self._clock()
+
+    async def _fetch(self) -> Observation:
+        try:
+            async with self._writes_done:
+                await self._writes_done.wait_for(lambda: self._writes_in_flight == 0)
+            started_at = self._clock()
+            async with self._calls:
+                listed = await self.client.list_callbacks(self.account)
+            observation = Observation(started_at, {cb.service_name: cb for cb in listed})
+            if self._cached is None or self._cached.started_at <= started_at:
+                self._cached = observation
+            return observation
+        finally:
+            self._inflight = None
+
+    def _update_cache(self, service: str, callback: Callback | None) -> None:
+        if self._cached is None:
+            return
+        callbacks = dict(self._cached.callbacks)
+        if callback is None:
+            callbacks.pop(service, None)
+        else:
+            callbacks[service] = callback
+        self._cached = Observation(self._cached.started_at, callbacks)
+
+    def _writing(self) -> "_WriteGuard":
+        return _WriteGuard(self)
+
+
+class _WriteGuard:
+    """Counts a write in flight and holds one of the account's call slots for it."""
+
+    def __init__(self, view: AccountView) -> None:
+        self._view = view
+
+    async def __aenter__(self) -> None:
+        self._view._writes_in_flight += 1
+        await self._view._calls.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        view = self._view
+        view._calls.release()
+        view._writes_in_flight -= 1
+        async with view._writes_done:
+            view._writes_done.notify_all()
+
+
+class AccountViews:
+    """The ``AccountView`` of each (credential set, account) pair, created on first use."""
+
+    def __init__(self, max_concurrent_calls: int) -> None:
+        self._max_concurrent_calls = max_concurrent_calls
+        self._views: dict[tuple[AppCredentials, str], AccountView] = {}
+
+    def view(self, client: ThingSpaceClient, account: str) -> AccountView:
+        key = (client.credentials, account)
+        view = self._views.get(key)
+        if view is None or view.client is not client:
+            view = AccountView(client, account, self._max_concurrent_calls)
+            self._views[key] = view
+        return view

@@ -1,0 +1,173 @@
+"""A ThingSpace client for one credential set: OAuth token, M2M session, retry-once rules.
+
+One instance serves every resource that uses the same credentials, so there is one token
+and one session per credential set however many resources share it. Concurrent callers
+wait on a single login instead of starting their own.
+
+Lockout safety: ThingSpace locks a UWS user after five failed logins. Once a login (or
+the app key/secret) is rejected, this client remembers the failure and raises it again
+without calling ThingSpace, for as long as it lives. New credential values get a new
+client (see ``ClientPool``), so fixing the Secret is what clears the failure.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+
+from .errors import AuthenticationFailed, Unavailable
+from .http import (
+    BearerRejected,
+    OAuthToken,
+    SessionHeaders,
+    SessionRejected,
+    ThingSpaceHTTP,
+)
+from .models import AppCredentials, Callback
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Fetch a new OAuth token this long before the current one expires.
+TOKEN_REFRESH_MARGIN_SECONDS = 120.0
+
+
+class ThingSpaceClient:
+    """list / register / deregister for one credential set, with tokens handled inside."""
+
+    def __init__(
+        self,
+        http: ThingSpaceHTTP,
+        credentials: AppCredentials,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self.credentials = credentials
+        self._clock = clock
+        self._auth_lock = asyncio.Lock()
+        self._token: OAuthToken | None = None
+        self._session_token: str | None = None
+        self.auth_failure: AuthenticationFailed | None = None
+
+    async def list_callbacks(self, account: str) -> list[Callback]:
+        return await self._call(lambda headers: self._http.list_callbacks(headers, account))
+
+    async def register(self, callback: Callback) -> None:
+        await self._call(
+            lambda headers: self._http.register(
+                headers, callback, secrets=self.credentials.secret_values
+            )
+        )
+
+    async def deregister(self, account: str, service: str) -> None:
+        await self._call(lambda headers: self._http.deregister(headers, account, service))
+
+    async def close(self) -> None:
+        """End the session politely; ThingSpace keeps sending callbacks after a logout."""
+        if self._token is None or self._session_token is None:
+            return
+        headers = SessionHeaders(self._token.access_token, self._session_token)
+        self._session_token = None
+        try:
+            await self._http.logout(headers)
+        except Exception as exc:  # best effort on shutdown
+            log.debug("ThingSpace logout failed: %s", type(exc).__name__)
+
+    async def _call(self, operation: Callable[[SessionHeaders], Awaitable[T]]) -> T:
+        """Run ``operation``; on an expired session or token, renew it once and retry once."""
+        headers = await self._authorize()
+        try:
+            return await operation(headers)
+        except SessionRejected:
+            self._forget_session(headers)
+        except BearerRejected:
+            self._forget_token(headers)
+        headers = await self._authorize()
+        try:
+            return await operation(headers)
+        except (SessionRejected, BearerRejected) as exc:
+            raise Unavailable(f"ThingSpace refused freshly issued tokens: {exc}") from exc
+
+    async def _authorize(self) -> SessionHeaders:
+        async with self._auth_lock:
+            if self.auth_failure is not None:
+                raise self.auth_failure
+            token = await self._valid_token()
+            if self._session_token is None:
+                self._session_token = await self._login(token)
+            return SessionHeaders(token.access_token, self._session_token)
+
+    async def _valid_token(self) -> OAuthToken:
+        token = self._token
+        if token is None or self._clock() >= token.expires_at - TOKEN_REFRESH_MARGIN_SECONDS:
+            creds = self.credentials
+            try:
+                token = await self._http.fetch_token(creds.app_key, creds.app_secret)
+            except AuthenticationFailed as exc:
+                self.auth_failure = exc
+                raise
+            self._token = token
+        return token
+
+    async def _login(self, token: OAuthToken) -> str:
+        try:
+            return await self._login_once(token)
+        except BearerRejected:
+            # The token died between issue and use: one new token, one more login.
+            self._token = None
+            token = await self._valid_token()
+        try:
+            return await self._login_once(token)
+        except BearerRejected as exc:
+            raise Unavailable("ThingSpace refused a freshly issued access token") from exc
+
+    async def _login_once(self, token: OAuthToken) -> str:
+        creds = self.credentials
+        try:
+            return await self._http.login(token.access_token, creds.username, creds.password)
+        except AuthenticationFailed as exc:
+            self.auth_failure = exc
+            raise
+
+    def _forget_session(self, used: SessionHeaders) -> None:
+        # Only the first caller to see the expiry drops the session; later ones already
+        # see the replacement and must not throw it away.
+        if self._session_token == used.session_token:
+            self._session_token = None
+
+    def _forget_token(self, used: SessionHeaders) -> None:
+        if self._token is not None and self._token.access_token == used.bearer:
+            self._token = None
+
+
+class ClientPool:
+    """One ``ThingSpaceClient`` per credential set, sharing one HTTP connection pool."""
+
+    def __init__(self, base_url: str, timeout_seconds: float) -> None:
+        self._base_url = base_url
+        self._timeout_seconds = timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[AppCredentials, ThingSpaceClient] = {}
+
+    def client_for(self, credentials: AppCredentials) -> ThingSpaceClient:
+        client = self._clients.get(credentials)
+        if client is None:
+            client = ThingSpaceClient(self._http(), credentials)
+            self._clients[credentials] = client
+        return client
+
+    def _http(self) -> ThingSpaceHTTP:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return ThingSpaceHTTP(self._base_url, self._session, self._timeout_seconds)
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,44 @@
+"""Plain data the ThingSpace side speaks in. Secret-bearing fields never show in ``repr``."""
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AppCredentials:
+    """Everything needed to call ThingSpace for one customer: OAuth app plus UWS login."""
+
+    app_key: str
+    app_secret: str = field(repr=False)
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible identity of this credential set (safe to log)."""
+        digest = hashlib.sha256(
+            "\0".join((self.app_key, self.app_secret, self.username, self.password)).encode()
+        )
+        return digest.hexdigest()[:12]
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.app_secret, self.password)
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One callback-listener registration, as registered or as ThingSpace lists it.
+
+    ThingSpace treats an empty username/password as "not set", so both use ``""`` for that.
+    """
+
+    account_name: str
+    service_name: str
+    url: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username or self.password)

@@ -1,0 +1,204 @@
+"""Shared fixtures: a fresh simulator, emulated Kubernetes API and operator per test."""
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.harness.kube import KubernetesEmulator, emulated_kubernetes
+from tests.harness.operator import running_operator
+from thingspace_operator.config import OperatorConfig
+from thingspace_operator.reconciler import Runtime
+from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
+
+NAMESPACE = "iot"
+ACCOUNT = "0000123456-00001"
+DEMO_CREDENTIALS = {
+    "appKey": "demo-app-key",
+    "appSecret": "demo-app-secret",
+    "username": "demo-user",
+    "password": "demo-password",
+}
+
+
+async def eventually(
+    predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,
+    what: str = "condition",
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+        except (KeyError, TypeError, AttributeError, IndexError):
+            pass
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def quiet_period(seconds: float) -> None:
+    """Let time pass to prove something does NOT happen (no retries, no logins).
+
+    Never used to wait for something to happen: that is what ``eventually`` is for.
+    """
+    await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorServer]:
+    async with SimulatorServer(SimulatorConfig()) as server:
+        yield server
+
+
+@pytest.fixture
+async def k8s() -> AsyncIterator[KubernetesEmulator]:
+    async with emulated_kubernetes() as emulator:
+        yield emulator
+
+
+class Cluster:
+    """Test helper that speaks to the emulated API like kubectl would."""
+
+    def __init__(self, k8s: KubernetesEmulator) -> None:
+        self.k8s = k8s
+        self.url = str(k8s.url).rstrip("/")
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, self.url + path, **kwargs) as response,
+        ):
+            assert response.status < 300, (method, path, response.status, await response.text())
+            return await response.json()
+
+    async def apply_secret(
+        self, name: str, data: dict[str, str], namespace: str = NAMESPACE
+    ) -> None:
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+        if self.secret(name, namespace) is None:
+            await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", json=body)
+        else:
+            await self._request(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/secrets/{name}",
+                json={"data": encoded},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+
+    async def delete_secret(self, name: str, namespace: str = NAMESPACE) -> None:
+        await self._request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+    def _stored(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.k8s.objects[resource, namespace, name]
+        except KeyError:
+            return None
+        return None if obj.deleted else dict(obj.raw)
+
+    def secret(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        return self._stored("v1/secrets", namespace, name)
+
+    async def create_callback(
+        self, name: str, namespace: str = NAMESPACE, **spec: Any
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": "thingspace.io/v1alpha1",
+            "kind": "ThingSpaceCallback",
+            "metadata": {"name": name},
+            "spec": {
+                "accountName": ACCOUNT,
+                "serviceName": "QoS",
+                "url": "https://listener.example.com/qos",
+                "credentialsSecretRef": {"name": "thingspace-credentials"},
+                **spec,
+            },
+        }
+        return await self._request("POST", self._path(namespace), json=body)  # type: ignore[no-any-return]
+
+    async def patch_callback(
+        self, name: str, patch: dict[str, Any], namespace: str = NAMESPACE
+    ) -> None:
+        await self._request(
+            "PATCH",
+            f"{self._path(namespace)}/{name}",
+            json=patch,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
+    async def delete_callback(self, name: str, namespace: str = NAMESPACE) -> None:
+        await self._request("DELETE", f"{self._path(namespace)}/{name}")
+
+    def callback(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        return self._stored("thingspace.io/v1alpha1/thingspacecallbacks", namespace, name)
+
+    def condition(self, name: str, type_: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        obj = self.callback(name, namespace) or {}
+        for item in obj.get("status", {}).get("conditions", []):
+            if item["type"] == type_:
+                return dict(item)
+        return {}
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [
+            dict(obj.raw)
+            for (resource, _, _), obj in self.k8s.objects.items()
+            if resource.plural == "events"
+            and not obj.deleted
+            and (name is None or obj.raw.get("involvedObject", {}).get("name") == name)
+        ]
+
+    def event_reasons(self, name: str | None = None) -> list[str]:
+        return [event.get("reason", "") for event in self.events(name)]
+
+    @staticmethod
+    def _path(namespace: str) -> str:
+        return f"/apis/thingspace.io/v1alpha1/namespaces/{namespace}/thingspacecallbacks"
+
+
+@pytest.fixture
+def cluster(k8s: KubernetesEmulator) -> Cluster:
+    return Cluster(k8s)
+
+
+OperatorFactory = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def start_operator(
+    k8s: KubernetesEmulator, sim: SimulatorServer
+) -> AsyncIterator[OperatorFactory]:
+    """Start the operator with test-friendly timings; keyword arguments override them."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Runtime:
+            settings: dict[str, Any] = {
+                "api_url": sim.url,
+                "resync_seconds": 60.0,
+                "request_timeout_seconds": 2.0,
+                "retry_base_seconds": 0.2,
+                "retry_max_seconds": 1.0,
+                **overrides,
+            }
+            config = OperatorConfig(**settings).validated()
+            return await stack.enter_async_context(running_operator(str(k8s.url), config))
+
+        yield start
+
+
+@pytest.fixture
+async def operator(start_operator: OperatorFactory, cluster: Cluster) -> Runtime:
+    """The operator with default test settings and the demo credentials Secret in place."""
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    return await start_operator()

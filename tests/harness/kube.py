@@ -1,0 +1,191 @@
+"""An emulated Kubernetes API server (kmock) with the server behaviour kopf relies on.
+
+kmock 0.8 stores objects and serves list/watch/patch/delete, but leaves out what a real
+API server adds: resourceVersion, uid, creationTimestamp, generation (bumped on spec
+changes), namespace from the URL, 422 for a failed JSON-patch test, ``watch=True`` as the
+official client spells it, and kind/apiVersion on lists. This subclass adds them.
+"""
+
+import base64
+import copy
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kmock
+import yaml
+
+CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "thingspacecallbacks.thingspace.io.yaml"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class KubernetesEmulator(kmock.KubernetesEmulator):
+    _last_resource_version: int = 0
+    _in_flight: dict[int, Any] | None = None
+
+    def _next_resource_version(self) -> str:
+        self._last_resource_version += 1
+        return str(self._last_resource_version)
+
+    async def _handle(self, request: Any) -> Any:
+        # kmock matches every request against every request it recorded (quadratic cost
+        # that stalls a run with thousands of requests); keep only those still in flight.
+        in_flight = self._in_flight = self._in_flight or {}
+        in_flight[id(request)] = request
+        self._requests[:] = [r for r in self._requests if id(r) in in_flight]
+        try:
+            return await self._handle_in_flight(request)
+        finally:
+            in_flight.pop(id(request), None)
+
+    async def _handle_in_flight(self, request: Any) -> Any:
+        if (
+            request.action != kmock.action.WATCH
+            and request.method == kmock.method.GET
+            and str(request.params.get("watch", "")).lower() in ("true", "1")
+        ):
+            object.__setattr__(request, "action", kmock.action.WATCH)  # frozen attrs class
+        if request.resource is not None and request.subresource in (None, "status"):
+            if request.resource.plural == "secrets" and isinstance(request.data, dict):
+                encode_string_data(request.data)
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                self._fill_server_metadata(request)
+            elif request.action == kmock.action.UPDATE:
+                self._stamp_update(request)
+        try:
+            return await super()._handle(request)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+
+    def _fill_server_metadata(self, request: Any) -> None:
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if request.namespace:
+            meta.setdefault("namespace", request.namespace)
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault(
+            "creationTimestamp",
+            datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        meta.setdefault("generation", 1)
+        meta["resourceVersion"] = self._next_resource_version()
+
+    def _stamp_update(self, request: Any) -> None:
+        version = self._next_resource_version()
+        generation = self._next_generation(request)
+        if isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            meta["resourceVersion"] = version
+            if generation is not None:
+                meta["generation"] = generation
+        elif isinstance(request.data, list):
+            request.data.append(
+                {"op": "add", "path": "/metadata/resourceVersion", "value": version}
+            )
+            if generation is not None:
+                request.data.append(
+                    {"op": "add", "path": "/metadata/generation", "value": generation}
+                )
+
+    def _next_generation(self, request: Any) -> int | None:
+        """A spec change through the main resource bumps metadata.generation."""
+        key = (request.resource, request.namespace, request.name)
+        if request.subresource is not None or key not in self.objects:
+            return None
+        current = self.objects[key].raw
+        if isinstance(request.data, dict):
+            new_spec = merge_patch(current.get("spec"), request.data.get("spec"))
+            changed = "spec" in request.data and new_spec != current.get("spec")
+        else:
+            changed = any(str(op.get("path", "")).startswith("/spec") for op in request.data)
+        if not changed:
+            return None
+        return int(current.get("metadata", {}).get("generation", 1)) + 1
+
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        """Like a real server, send only what changed after the listed resourceVersion.
+
+        kmock replays every stored object at the start of a watch, so an object created
+        between kopf's list and its watch would arrive twice and kopf would act twice.
+        """
+        since = str(request.params.get("resourceVersion") or "0")
+        since_version = int(since) if since.isdigit() else 0
+        async for item in super()._serve_watch(request):
+            if isinstance(item, dict):
+                version = str(item.get("object", {}).get("metadata", {}).get("resourceVersion"))
+                if version.isdigit() and int(version) <= since_version:
+                    continue
+            yield item
+
+    async def _serve_list(self, request: Any) -> Any:
+        listing = await super()._serve_list(request)
+        listing["metadata"] = {"resourceVersion": str(self._last_resource_version)}
+        info = self.resources.get(request.resource) if request.resource else None
+        if info is not None and info.kind:
+            group = request.resource.group
+            version = request.resource.version
+            listing["apiVersion"] = f"{group}/{version}" if group else version
+            listing["kind"] = f"{info.kind}List"
+        return listing
+
+
+def encode_string_data(secret: dict[str, Any]) -> None:
+    """Like the API server: Secret ``stringData`` is write-only sugar for base64 ``data``."""
+    string_data = secret.pop("stringData", None) or {}
+    encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in string_data.items()}
+    if encoded:
+        secret["data"] = {**(secret.get("data") or {}), **encoded}
+
+
+def load_crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+def declare_crd(emulator: kmock.KubernetesEmulator, crd: dict[str, Any]) -> str:
+    """Serve the CRD's resource in discovery, as the API server does once it is applied."""
+    spec = crd["spec"]
+    version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    names = spec["names"]
+    resource = f"{spec['group']}/{version}/{names['plural']}"
+    emulator.resources[resource] = kmock.ResourceInfo(
+        kind=names["kind"],
+        singular=names["singular"],
+        namespaced=spec["scope"] == "Namespaced",
+        shortnames=set(names.get("shortNames", [])),
+        categories=set(names.get("categories", [])),
+        subresources={"status"},
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+    )
+    return resource
+
+
+@asynccontextmanager
+async def emulated_kubernetes(
+    host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[KubernetesEmulator]:
+    """An emulated API server with the built-in resources and the ThingSpaceCallback CRD."""
+    emulator = KubernetesEmulator()
+    server_kwargs: dict[str, Any] = {"host": host}
+    if port is not None:
+        server_kwargs["port"] = port
+    async with emulator, kmock.Server(emulator, **server_kwargs):
+        emulator.resources.load_bundled()  # kopf waits for v1/namespaces in discovery
+        declare_crd(emulator, load_crd())
+        yield emulator

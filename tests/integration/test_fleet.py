@@ -1,0 +1,214 @@
+"""Fleets: shared observation per account, conflicts, adoption, ObserveOnly, suspend,
+reconcile-now."""
+
+import asyncio
+
+import pytest
+
+from tests.conftest import (
+    ACCOUNT,
+    DEMO_CREDENTIALS,
+    NAMESPACE,
+    Cluster,
+    OperatorFactory,
+    eventually,
+    quiet_period,
+)
+from tests.simctl import SimControl
+from thingspace_operator.model import RECONCILE_REQUESTED_ANNOTATION
+
+URL = "https://listener.example.com/qos"
+
+
+@pytest.fixture
+def ctl(sim) -> SimControl:
+    return SimControl(sim.url)
+
+
+def condition(cluster: Cluster, name: str, type_: str, namespace: str = NAMESPACE) -> tuple:
+    cond = cluster.condition(name, type_, namespace)
+    return cond.get("status"), cond.get("reason")
+
+
+def ready(cluster: Cluster, name: str, namespace: str = NAMESPACE) -> bool:
+    return condition(cluster, name, "Ready", namespace)[0] == "True"
+
+
+async def writes(ctl: SimControl) -> int:
+    return await ctl.calls("register") + await ctl.calls("deregister")
+
+
+async def test_fifty_resources_cost_one_list_per_account_per_period(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
+) -> None:
+    accounts = ["0000000001-00001", "0000000002-00001", "0000000003-00001"]
+    services = [
+        "QoS",
+        "CarrierService",
+        "DeviceUsage",
+        "NiddService",
+        "StateService",
+        "PromoChanges",
+        "DeviceService",
+        "SMSDeliveryConfirmation",
+        "AlertService",
+        "DevicePRLInformation",
+        "DeviceSuspensionStatus",
+        "ResumeTrackingNotification",
+        "EnhancedConnectivityService",
+        "ExternalProvisioningChanges",
+        "DiagnosticsService",
+        "DeviceProfileService",
+        "IntelligenceService",
+    ]
+    pairs = [(a, s) for s in services for a in accounts][:50]
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await start_operator(resync_seconds=1.0)
+    await asyncio.gather(
+        *(
+            cluster.create_callback(f"cb-{i}", accountName=a, serviceName=s, url=f"{URL}/{i}")
+            for i, (a, s) in enumerate(pairs)
+        )
+    )
+    await eventually(
+        lambda: all(ready(cluster, f"cb-{i}") for i in range(50)), timeout=30, what="all 50 Ready"
+    )
+    registered = await ctl.registrations()
+    assert sum(len(items) for items in registered.values()) == 50
+    assert await ctl.calls("register") == 50
+    assert await ctl.calls("token") == 1
+    assert await ctl.calls("login") == 1
+
+    before = await _lists_per_account(ctl)
+    await eventually(
+        lambda: _grew_by(ctl, before, 3 * len(accounts)), timeout=10, what="three periods"
+    )
+    after = await _lists_per_account(ctl)
+    assert {a: after[a] - before.get(a, 0) for a in accounts} == {a: 3 for a in accounts}
+    assert await ctl.calls("register") == 50  # nothing drifted, nothing written
+
+
+async def _lists_per_account(ctl: SimControl) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for row in (await ctl.request("GET", "requests"))["counts"]:
+        if row["endpoint"] == "list":
+            totals[row["account"]] = totals.get(row["account"], 0) + row["count"]
+    return totals
+
+
+async def _grew_by(ctl: SimControl, before: dict[str, int], amount: int) -> bool:
+    return sum((await _lists_per_account(ctl)).values()) - sum(before.values()) >= amount
+
+
+async def test_two_claims_on_one_registration_one_owner_no_flapping(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
+) -> None:
+    for namespace in (NAMESPACE, "other"):
+        await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS, namespace)
+    await start_operator(resync_seconds=0.3)
+    await cluster.create_callback("first", url=f"{URL}/first")
+    await eventually(lambda: ready(cluster, "first"))
+    await cluster.create_callback("second", namespace="other", url=f"{URL}/second")
+
+    await eventually(
+        lambda: condition(cluster, "second", "Ready", "other") == ("False", "Conflict")
+    )
+    assert condition(cluster, "second", "Synced", "other") == ("False", "Conflict")
+    assert f"{NAMESPACE}/first" in cluster.condition("second", "Synced", "other")["message"]
+    await eventually(lambda: "Conflict" in cluster.event_reasons("second"))
+    await quiet_period(1.0)  # several drift periods: nobody fights
+    assert await ctl.calls("register") == 1
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/first"
+
+    await cluster.delete_callback("first")
+    await eventually(lambda: ready(cluster, "second", "other"), timeout=5, what="takeover")
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/second"
+    assert await ctl.calls("deregister") == 0  # handed over, never deregistered in between
+
+
+async def test_deleting_the_conflicting_resource_never_deregisters(
+    operator, cluster: Cluster, ctl: SimControl
+) -> None:
+    await cluster.create_callback("first")
+    await eventually(lambda: ready(cluster, "first"))
+    await cluster.create_callback("second", url=f"{URL}/second")
+    await eventually(lambda: condition(cluster, "second", "Ready") == ("False", "Conflict"))
+
+    await cluster.delete_callback("second")
+    await eventually(lambda: cluster.callback("second") is None)
+    assert await ctl.calls("deregister") == 0
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == URL
+    assert ready(cluster, "first")
+
+
+async def test_existing_registration_is_adopted_without_a_write(
+    operator, cluster: Cluster, ctl: SimControl
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=URL)
+    await cluster.create_callback("qos")
+    await eventually(lambda: ready(cluster, "qos"))
+    assert await writes(ctl) == 0
+
+
+async def test_differing_registration_is_replaced_and_the_old_url_recorded(
+    operator, cluster: Cluster, ctl: SimControl
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url="https://hand-made.example.com/qos")
+    await cluster.create_callback("qos")
+    await eventually(lambda: ready(cluster, "qos"))
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == URL
+    messages = [e["message"] for e in cluster.events("qos") if e["reason"] == "Registered"]
+    assert any("replacing https://hand-made.example.com/qos" in m for m in messages)
+
+
+async def test_observe_only_reports_and_never_writes(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
+) -> None:
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await start_operator(resync_seconds=0.3)
+    await cluster.create_callback("qos", managementPolicy="ObserveOnly")
+    await eventually(lambda: condition(cluster, "qos", "Ready") == ("False", "Pending"))
+    assert condition(cluster, "qos", "Synced") == ("True", "ObserveOnly")
+
+    await ctl.set_registration(ACCOUNT, "QoS", url="https://elsewhere.example.com/")
+    await eventually(lambda: condition(cluster, "qos", "Ready") == ("False", "Drifted"))
+    assert (
+        cluster.callback("qos")["status"]["registration"]["url"] == "https://elsewhere.example.com/"
+    )
+
+    await ctl.set_registration(ACCOUNT, "QoS", url=URL)
+    await eventually(lambda: condition(cluster, "qos", "Ready") == ("True", "Registered"))
+
+    await cluster.delete_callback("qos")
+    await eventually(lambda: cluster.callback("qos") is None)
+    assert await writes(ctl) == 0
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == URL
+
+
+async def test_suspend_makes_no_calls_and_resume_reconciles_at_once(
+    operator, cluster: Cluster, ctl: SimControl
+) -> None:
+    await cluster.create_callback("qos", suspend=True)
+    await eventually(lambda: condition(cluster, "qos", "Synced") == ("False", "Suspended"))
+    assert condition(cluster, "qos", "Ready") == ("Unknown", "Suspended")
+    assert (await ctl.request("GET", "requests"))["total"] == 0
+
+    await cluster.patch_callback("qos", {"spec": {"suspend": False}})
+    await eventually(lambda: ready(cluster, "qos"), timeout=5)
+
+
+async def test_reconcile_now_annotation_bypasses_the_shared_list(
+    operator, cluster: Cluster, ctl: SimControl
+) -> None:
+    await cluster.create_callback("qos")
+    await eventually(lambda: ready(cluster, "qos"))
+    await ctl.set_registration(ACCOUNT, "QoS", url="https://drifted.example.com/")
+
+    stamp = "2026-11-23T10:00:00Z"
+    await cluster.patch_callback(
+        "qos", {"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: stamp}}}
+    )
+    await eventually(
+        lambda: cluster.callback("qos")["status"].get("lastHandledReconcileAt") == stamp
+    )
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == URL

@@ -1,0 +1,170 @@
+"""The operator end to end: real kopf reactor, emulated Kubernetes API, simulated ThingSpace."""
+
+import aiohttp
+
+from tests.conftest import ACCOUNT, Cluster, OperatorFactory, eventually
+from thingspace_operator.model import FINALIZER
+from thingspace_operator.thingspace.simulator import SimulatorServer
+
+URL = "https://listener.example.com/qos"
+
+
+async def sim_get(sim: SimulatorServer, path: str) -> object:
+    async with aiohttp.ClientSession() as http, http.get(sim.url + path) as response:
+        return await response.json()
+
+
+async def sim_send(sim: SimulatorServer, method: str, path: str, body: object = None) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, sim.url + path, json=body) as response,
+    ):
+        assert response.status < 300, await response.text()
+
+
+def live(sim: SimulatorServer, service: str = "QoS", account: str = ACCOUNT):
+    return sim.state.registrations.get(account, {}).get(service)
+
+
+def ready(cluster: Cluster, name: str) -> bool:
+    return cluster.condition(name, "Ready").get("status") == "True"
+
+
+async def test_create_registers_and_reports_ready(operator, cluster: Cluster, sim) -> None:
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"), what="Ready")
+
+    assert live(sim).url == URL
+    obj = cluster.callback("qos-events")
+    status = obj["status"]
+    assert FINALIZER in obj["metadata"]["finalizers"]
+    assert status["observedGeneration"] == 1
+    assert status["registration"] == {"url": URL, "hasCallbackCredentials": False}
+    assert status["lastSyncTime"].endswith("Z")
+    synced = cluster.condition("qos-events", "Synced")
+    assert (synced["status"], synced["reason"]) == ("True", "ReconcileSuccess")
+    assert cluster.condition("qos-events", "Ready")["reason"] == "Registered"
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    await eventually(lambda: "Registered" in cluster.event_reasons("qos-events"))
+    # kopf's own bookkeeping stays out of status.
+    assert set(status) <= {
+        "observedGeneration",
+        "conditions",
+        "registration",
+        "lastSyncTime",
+        "lastHandledReconcileAt",
+    }
+
+
+async def test_url_update_reregisters(operator, cluster: Cluster, sim) -> None:
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+    ready_since = cluster.condition("qos-events", "Ready")["lastTransitionTime"]
+
+    new_url = "https://listener.example.com/qos-v2"
+    await cluster.patch_callback("qos-events", {"spec": {"url": new_url}})
+    await eventually(
+        lambda: cluster.callback("qos-events")["status"]["observedGeneration"] == 2,
+        what="generation 2 observed",
+    )
+    assert live(sim).url == new_url
+    assert cluster.callback("qos-events")["status"]["registration"]["url"] == new_url
+    # Ready stayed True, so its transition time did not move.
+    assert cluster.condition("qos-events", "Ready")["lastTransitionTime"] == ready_since
+
+
+async def test_drift_is_corrected(start_operator: OperatorFactory, cluster: Cluster, sim) -> None:
+    await cluster.apply_secret("thingspace-credentials", DEMO)
+    await start_operator(resync_seconds=0.5)
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+
+    await sim_send(
+        sim, "PUT", f"/_sim/registrations/{ACCOUNT}/QoS", {"url": "https://evil.example/"}
+    )
+    await eventually(lambda: live(sim).url == URL, what="drift corrected")
+    await eventually(lambda: "DriftCorrected" in cluster.event_reasons("qos-events"))
+
+    await sim_send(sim, "DELETE", f"/_sim/registrations/{ACCOUNT}/QoS")
+    await eventually(lambda: live(sim) is not None and live(sim).url == URL, what="re-registered")
+
+
+async def test_delete_deregisters_and_releases(operator, cluster: Cluster, sim) -> None:
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+
+    await cluster.delete_callback("qos-events")
+    await eventually(lambda: cluster.callback("qos-events") is None, what="finalizer released")
+    assert live(sim) is None
+    await eventually(lambda: "Deregistered" in cluster.event_reasons("qos-events"))
+
+
+async def test_orphan_policy_leaves_registration(operator, cluster: Cluster, sim) -> None:
+    await cluster.create_callback("qos-events", deletionPolicy="Orphan")
+    await eventually(lambda: ready(cluster, "qos-events"))
+
+    await cluster.delete_callback("qos-events")
+    await eventually(lambda: cluster.callback("qos-events") is None)
+    assert live(sim).url == URL
+    await eventually(lambda: "Orphaned" in cluster.event_reasons("qos-events"))
+
+
+async def test_delete_skips_registration_changed_out_of_band(
+    operator, cluster: Cluster, sim
+) -> None:
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+    other = "https://someone-else.example.com/qos"
+    await sim_send(sim, "PUT", f"/_sim/registrations/{ACCOUNT}/QoS", {"url": other})
+
+    await cluster.delete_callback("qos-events")
+    await eventually(lambda: cluster.callback("qos-events") is None)
+    assert live(sim).url == other
+    await eventually(lambda: "DeregistrationSkipped" in cluster.event_reasons("qos-events"))
+
+
+async def test_delete_when_already_gone_succeeds(operator, cluster: Cluster, sim) -> None:
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+    await sim_send(sim, "DELETE", f"/_sim/registrations/{ACCOUNT}/QoS")
+
+    await cluster.delete_callback("qos-events")
+    await eventually(lambda: cluster.callback("qos-events") is None)
+    assert live(sim) is None
+
+
+async def test_callback_credentials_are_registered_not_reported(
+    operator, cluster: Cluster, sim
+) -> None:
+    await cluster.apply_secret("qos-listener-auth", {"username": "listener", "password": "pw-1"})
+    await cluster.create_callback(
+        "qos-events", callbackCredentialsSecretRef={"name": "qos-listener-auth"}
+    )
+    await eventually(lambda: ready(cluster, "qos-events"))
+    registered = live(sim)
+    assert (registered.username, registered.password) == ("listener", "pw-1")
+    status = cluster.callback("qos-events")["status"]
+    assert status["registration"] == {"url": URL, "hasCallbackCredentials": True}
+    assert "pw-1" not in str(cluster.callback("qos-events"))
+
+
+async def test_two_services_share_one_session(operator, cluster: Cluster, sim) -> None:
+    await cluster.create_callback("qos-events")
+    await cluster.create_callback(
+        "carrier", serviceName="CarrierService", url="https://listener.example.com/carrier"
+    )
+    await eventually(lambda: ready(cluster, "qos-events") and ready(cluster, "carrier"))
+    counts = await sim_get(sim, "/_sim/requests")
+    by_endpoint: dict[str, int] = {}
+    for row in counts["counts"]:
+        by_endpoint[row["endpoint"]] = by_endpoint.get(row["endpoint"], 0) + row["count"]
+    assert by_endpoint["token"] == 1
+    assert by_endpoint["login"] == 1
+
+
+DEMO = {
+    "appKey": "demo-app-key",
+    "appSecret": "demo-app-secret",
+    "username": "demo-user",
+    "password": "demo-password",
+}

@@ -1,0 +1,201 @@
+"""The ThingSpace client against the simulator over real HTTP: shapes, tokens, every error."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from thingspace_operator.thingspace.simulator import SimulatorServer
+
+from tests.simctl import SimControl
+from thingspace_operator.thingspace.accounts import AccountView
+from thingspace_operator.thingspace.client import ThingSpaceClient
+from thingspace_operator.thingspace.errors import (
+    AuthenticationFailed,
+    RateLimited,
+    RequestRejected,
+    Unavailable,
+)
+from thingspace_operator.thingspace.http import ThingSpaceHTTP
+from thingspace_operator.thingspace.models import AppCredentials, Callback
+
+ACCOUNT = "0000123456-00001"
+GOOD = AppCredentials("demo-app-key", "demo-app-secret", "demo-user", "demo-password")
+QOS = Callback(ACCOUNT, "QoS", "https://listener.example.com/qos")
+
+
+@pytest.fixture
+async def http(sim: SimulatorServer) -> AsyncIterator[ThingSpaceHTTP]:
+    async with aiohttp.ClientSession() as session:
+        yield ThingSpaceHTTP(sim.url, session, timeout_seconds=0.5)
+
+
+@pytest.fixture
+def ctl(sim: SimulatorServer) -> SimControl:
+    return SimControl(sim.url)
+
+
+def client(http: ThingSpaceHTTP, credentials: AppCredentials = GOOD) -> ThingSpaceClient:
+    return ThingSpaceClient(http, credentials)
+
+
+async def test_register_list_deregister_round_trip(http: ThingSpaceHTTP) -> None:
+    ts = client(http)
+    assert await ts.list_callbacks(ACCOUNT) == []
+    with_credentials = Callback(ACCOUNT, "CarrierService", "https://l.example/c", "u", "p")
+    await ts.register(QOS)
+    await ts.register(with_credentials)
+    listed = {cb.service_name: cb for cb in await ts.list_callbacks(ACCOUNT)}
+    assert listed == {"QoS": QOS, "CarrierService": with_credentials}
+    await ts.deregister(ACCOUNT, "QoS")
+    assert [cb.service_name for cb in await ts.list_callbacks(ACCOUNT)] == ["CarrierService"]
+
+
+async def test_empty_list_may_be_an_empty_body(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    await ctl.request("PUT", "config", {"empty_list_body": "empty"})
+    assert await client(http).list_callbacks(ACCOUNT) == []
+
+
+async def test_token_and_session_are_reused(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    ts = client(http)
+    for _ in range(5):
+        await ts.list_callbacks(ACCOUNT)
+    assert await ctl.calls("token") == 1
+    assert await ctl.calls("login") == 1
+    assert await ctl.calls("list") == 5
+
+
+async def test_concurrent_callers_share_one_login(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    ts = client(http)
+    await asyncio.gather(*(ts.list_callbacks(ACCOUNT) for _ in range(20)))
+    assert (await ctl.calls("token"), await ctl.calls("login")) == (1, 1)
+
+
+async def test_expired_session_logs_in_again_once(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    ts = client(http)
+    await ts.list_callbacks(ACCOUNT)
+    await ctl.request("POST", "sessions/expire")
+    await asyncio.gather(*(ts.list_callbacks(ACCOUNT) for _ in range(5)))
+    assert await ctl.calls("login") == 2
+    assert (await ctl.counts())[("list", 400)] >= 1
+
+
+async def test_revoked_token_is_replaced_once(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    ts = client(http)
+    await ts.list_callbacks(ACCOUNT)
+    await ctl.request("POST", "tokens/revoke")
+    await ts.list_callbacks(ACCOUNT)
+    assert await ctl.calls("token") == 2
+    assert (await ctl.counts())[("list", 401)] == 1
+
+
+async def test_rejected_app_secret_is_never_retried(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    ts = client(
+        http, AppCredentials("demo-app-key", "wrong-secret-x", "demo-user", "demo-password")
+    )
+    for _ in range(3):
+        with pytest.raises(AuthenticationFailed) as caught:
+            await ts.list_callbacks(ACCOUNT)
+        assert caught.value.stage == "oauth"
+        assert "wrong-secret-x" not in str(caught.value)
+    assert await ctl.calls("token") == 1
+    assert await ctl.calls("login") == 0
+
+
+async def test_rejected_login_is_never_retried(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    ts = client(http, AppCredentials("demo-app-key", "demo-app-secret", "demo-user", "bad-pw-x"))
+    results = await asyncio.gather(
+        *(ts.list_callbacks(ACCOUNT) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(r, AuthenticationFailed) and r.stage == "login" for r in results)
+    assert all("bad-pw-x" not in str(r) for r in results)
+    assert await ctl.calls("login") == 1
+    logins = await ctl.request("GET", "logins")
+    assert logins["failed"] == {"demo-user": 1}
+
+
+async def test_bad_request_is_rejected_with_error_code(http: ThingSpaceHTTP) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        await client(http).register(Callback(ACCOUNT, "QoS", "https://l.example:8443/q"))
+    assert caught.value.error_code.endswith("Url.PortNotAllowed")
+    assert caught.value.status == 400
+
+
+async def test_over_long_callback_password_is_rejected_without_echo(http: ThingSpaceHTTP) -> None:
+    secret = "p" * 41
+    with pytest.raises(RequestRejected) as caught:
+        await client(http).register(Callback(ACCOUNT, "QoS", "https://l.example/q", "u", secret))
+    assert secret not in str(caught.value)
+
+
+async def test_deregistering_what_is_absent_is_rejected(http: ThingSpaceHTTP) -> None:
+    with pytest.raises(RequestRejected):
+        await client(http).deregister(ACCOUNT, "QoS")
+
+
+async def test_rate_limit_carries_retry_after(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    await ctl.fault("list", "rate_limit", retry_after=7)
+    with pytest.raises(RateLimited) as caught:
+        await client(http).list_callbacks(ACCOUNT)
+    assert caught.value.retry_after == 7
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_server_errors_are_unavailable(
+    ctl: SimControl, http: ThingSpaceHTTP, status: int
+) -> None:
+    await ctl.fault("register", "status", status=status)
+    with pytest.raises(Unavailable, match=str(status)):
+        await client(http).register(QOS)
+
+
+async def test_slow_answers_time_out(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    await ctl.fault("list", "timeout", delay=2.0)
+    with pytest.raises(Unavailable, match="timed out"):
+        await client(http).list_callbacks(ACCOUNT)
+
+
+async def test_connection_refused_is_unavailable() -> None:
+    async with aiohttp.ClientSession() as session:
+        dead = ThingSpaceHTTP("http://127.0.0.1:9", session, timeout_seconds=0.5)
+        with pytest.raises(Unavailable):
+            await client(dead).list_callbacks(ACCOUNT)
+
+
+# --- the shared per-account view ---------------------------------------------------------
+
+
+async def test_account_view_coalesces_concurrent_observations(
+    ctl: SimControl, http: ThingSpaceHTTP
+) -> None:
+    view = AccountView(client(http), ACCOUNT, max_concurrent_calls=2)
+    await ctl.request("PUT", "config", {"latency_seconds": 0.05})
+    now = view.now()
+    await asyncio.gather(*(view.observe(now) for _ in range(25)))
+    assert await ctl.calls("list") == 1
+    await view.observe(now)  # fresh enough: served from cache
+    assert await ctl.calls("list") == 1
+    await view.observe(view.now())  # must start after now: a new call
+    assert await ctl.calls("list") == 2
+
+
+async def test_account_view_verifies_a_burst_of_writes_with_one_list(
+    ctl: SimControl, http: ThingSpaceHTTP
+) -> None:
+    view = AccountView(client(http), ACCOUNT, max_concurrent_calls=4)
+    services = [
+        "QoS",
+        "CarrierService",
+        "DeviceUsage",
+        "NiddService",
+        "StateService",
+        "PromoChanges",
+    ]
+
+    async def register_and_verify(service: str) -> bool:
+        written = await view.register(Callback(ACCOUNT, service, f"https://l.example/{service}"))
+        return service in await view.observe(written)
+
+    assert all(await asyncio.gather(*(register_and_verify(s) for s in services)))
+    assert await ctl.calls("register") == len(services)
+    assert await ctl.calls("list") <= 2

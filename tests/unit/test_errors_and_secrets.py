@@ -1,0 +1,185 @@
+"""Error classification, secret parsing and settings: the pure parts around the edges."""
+
+import base64
+import re
+
+import pytest
+
+from thingspace_operator.config import OperatorConfig
+from thingspace_operator.kube.secrets import (
+    CredentialsInvalid,
+    app_credentials_from,
+    callback_credentials_from,
+    decode_secret_data,
+)
+from thingspace_operator.reconciler import display_url, failure_outcome
+from thingspace_operator.thingspace.errors import (
+    AuthenticationFailed,
+    RateLimited,
+    RequestRejected,
+    Unavailable,
+)
+from thingspace_operator.thingspace.http import (
+    BearerRejected,
+    SessionRejected,
+    classify_failure,
+    parse_retry_after,
+)
+
+FAULT_901 = {"fault": {"code": "900901", "message": "Invalid Credentials"}}
+THROTTLED = {"fault": {"code": "900800", "message": "Message throttled out"}}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "status", "body", "kind"),
+    [
+        ("token", 401, {"error": "invalid_client"}, AuthenticationFailed),
+        ("token", 400, {"error": "invalid_request"}, AuthenticationFailed),
+        (
+            "login",
+            400,
+            {"errorCode": "UnifiedWebService.INPUT_INVALID.Password.Invalid"},
+            AuthenticationFailed,
+        ),
+        ("login", 401, FAULT_901, BearerRejected),
+        ("list", 401, FAULT_901, BearerRejected),
+        (
+            "list",
+            400,
+            {"errorCode": "UnifiedWebService.REQUEST_FAILED.SessionToken.Expired"},
+            SessionRejected,
+        ),
+        (
+            "list",
+            400,
+            {"errorCode": "UnifiedWebService.INPUT_INVALID.SessionToken.Invalid"},
+            SessionRejected,
+        ),
+        (
+            "register",
+            400,
+            {"errorCode": "UnifiedWebService.REQUEST_FAILED.SessionToken.Format"},
+            SessionRejected,
+        ),
+        (
+            "register",
+            400,
+            {"errorCode": "X.INPUT_INVALID.Url.Invalid", "errorMessage": "bad"},
+            RequestRejected,
+        ),
+        ("register", 429, THROTTLED, RateLimited),
+        ("register", 503, THROTTLED, RateLimited),
+        ("register", 503, None, Unavailable),
+        ("list", 504, "<html>gateway timeout</html>", Unavailable),
+        ("deregister", 404, "not found", RequestRejected),
+    ],
+)
+def test_classify_failure(endpoint: str, status: int, body: object, kind: type) -> None:
+    assert type(classify_failure(endpoint, status, body, str(body), None)) is kind
+
+
+def test_error_messages_are_scrubbed() -> None:
+    body = {"errorCode": "X.INPUT_INVALID.Password", "errorMessage": "password hunter2 is bad"}
+    error = classify_failure("register", 400, body, "", None, ("hunter2",))
+    assert "hunter2" not in str(error)
+    assert isinstance(error, RequestRejected)
+    assert error.error_code == "X.INPUT_INVALID.Password"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("7", 7.0), ("0.5", 0.5), (None, None), ("soon", None)]
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+def test_retry_after_as_http_date_is_in_the_future() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT") > 0  # type: ignore[operator]
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def test_secret_values_are_decoded_and_trailing_newlines_dropped() -> None:
+    data = decode_secret_data(
+        {
+            "appKey": _b64("k"),
+            "appSecret": _b64("sekrit\n"),
+            "username": _b64("u"),
+            "password": _b64(" pw "),
+        },
+        "ns/s",
+    )
+    creds = app_credentials_from(data, "ns/s")
+    assert (creds.app_key, creds.app_secret, creds.username, creds.password) == (
+        "k",
+        "sekrit",
+        "u",
+        " pw ",
+    )
+    assert "sekrit" not in repr(creds)
+    assert " pw " not in repr(creds)
+
+
+def test_undecodable_secret_value_names_the_key_only() -> None:
+    with pytest.raises(CredentialsInvalid, match="'password'"):
+        decode_secret_data({"password": "%%%not-base64"}, "ns/s")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"username": "u"}, "lacks key(s) password"),
+        ({"username": "u", "password": "  "}, "empty key(s) password"),
+        ({"username": "u" * 41, "password": "p"}, "username exceed"),
+    ],
+)
+def test_callback_credentials_rules(data: dict[str, str], message: str) -> None:
+    with pytest.raises(CredentialsInvalid, match=re.escape(message)):
+        callback_credentials_from(data, "ns/cb")
+
+
+def test_callback_credentials_at_the_limit_are_fine() -> None:
+    assert callback_credentials_from({"username": "u" * 40, "password": "p" * 40}, "ns/cb")
+
+
+def test_display_url_drops_userinfo() -> None:
+    assert display_url("https://user:pw@host.example/x?y=1") == "https://host.example/x?y=1"
+    assert display_url("https://host.example/x") == "https://host.example/x"
+
+
+def test_unexpected_errors_do_not_echo_their_text() -> None:
+    outcome = failure_outcome(RuntimeError("boom with s3cret inside"))
+    assert "s3cret" not in outcome.synced.message
+    assert outcome.transient
+
+
+def test_settings_from_environment_and_flags() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "THINGSPACE_RESYNC_SECONDS": "42",
+            "THINGSPACE_NAMESPACES": "a, b",
+            "THINGSPACE_API_URL": "http://sim:8088",
+        },
+        resync_seconds=7.0,
+    )
+    assert (config.resync_seconds, config.namespaces, config.api_url) == (
+        7.0,
+        ("a", "b"),
+        "http://sim:8088",
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"THINGSPACE_RESYNC_SECONDS": "soon"},
+        {"THINGSPACE_RESYNC_SECONDS": "0"},
+        {"THINGSPACE_API_URL": "ftp://x"},
+        {"THINGSPACE_LOG_FORMAT": "xml"},
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=r"THINGSPACE|must"):
+        OperatorConfig.from_env(env)

@@ -1,0 +1,57 @@
+"""Condition bookkeeping: lastTransitionTime moves only when a status flips."""
+
+from thingspace_operator.kube.status import Condition, changed_fields, condition, merge_conditions
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def test_new_condition_gets_transition_time_and_generation() -> None:
+    merged = merge_conditions([], [Condition("Ready", "True", "Registered", "ok")], 3, T0)
+    assert merged == [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Registered",
+            "message": "ok",
+            "lastTransitionTime": T0,
+            "observedGeneration": 3,
+        }
+    ]
+
+
+def test_same_status_keeps_transition_time_but_updates_reason_and_message() -> None:
+    first = merge_conditions([], [Condition("Synced", "False", "Unavailable", "a")], 1, T0)
+    second = merge_conditions(first, [Condition("Synced", "False", "Rejected", "b")], 2, T1)
+    assert second[0]["lastTransitionTime"] == T0
+    assert (second[0]["reason"], second[0]["message"], second[0]["observedGeneration"]) == (
+        "Rejected",
+        "b",
+        2,
+    )
+
+
+def test_flip_moves_transition_time() -> None:
+    first = merge_conditions([], [Condition("Ready", "False", "Pending", "")], 1, T0)
+    second = merge_conditions(first, [Condition("Ready", "True", "Registered", "")], 1, T1)
+    assert second[0]["lastTransitionTime"] == T1
+
+
+def test_other_conditions_are_kept_in_order() -> None:
+    start = merge_conditions(
+        [],
+        [Condition("Ready", "True", "Registered", ""), Condition("Synced", "True", "X", "")],
+        1,
+        T0,
+    )
+    updated = merge_conditions(start, [Condition("Synced", "False", "Unavailable", "")], 1, T1)
+    assert [c["type"] for c in updated] == ["Ready", "Synced"]
+    assert updated[0] == start[0]
+
+
+def test_condition_lookup_and_changed_fields() -> None:
+    status = {"conditions": [{"type": "Ready", "status": "True"}], "observedGeneration": 1}
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Synced") == {}
+    assert changed_fields(status, {"observedGeneration": 1, "lastSyncTime": T0}) == {
+        "lastSyncTime": T0
+    }
