@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from thingspace_operator.thingspace.simulator import SimulatorServer
 
 from tests.simctl import SimControl
 from thingspace_operator.thingspace.accounts import AccountView
@@ -18,6 +17,7 @@ from thingspace_operator.thingspace.errors import (
 )
 from thingspace_operator.thingspace.http import ThingSpaceHTTP
 from thingspace_operator.thingspace.models import AppCredentials, Callback
+from thingspace_operator.thingspace.simulator import SimulatorServer
 
 ACCOUNT = "0000123456-00001"
 GOOD = AppCredentials("demo-app-key", "demo-app-secret", "demo-user", "demo-password")
