@@ -165,6 +165,7 @@ def api(endpoint: str, account_param: bool = False) -> Callable[[Handler], Calla
             account = request.match_info.get("account") if account_param else None
             response = await _answer(request, state, endpoint, account, handler)
             state.request_counts[(endpoint, account, response.status)] += 1
+            log.info("%s %s -> %d", request.method, request.path, response.status)
             return response
 
         return route
