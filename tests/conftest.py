@@ -172,29 +172,47 @@ def cluster(k8s: KubernetesEmulator) -> Cluster:
     return Cluster(k8s)
 
 
-OperatorFactory = Callable[..., Awaitable[Runtime]]
+class OperatorFactory:
+    """Starts operators with test-friendly timings (keyword arguments override them) and
+    stops them at the end of the test, or earlier with ``stop`` (to simulate a crash)."""
+
+    def __init__(self, kube_url: str, sim_url: str) -> None:
+        self._kube_url, self._sim_url = kube_url, sim_url
+        self._running: dict[int, AsyncExitStack] = {}
+
+    async def __call__(self, **overrides: Any) -> Runtime:
+        settings: dict[str, Any] = {
+            "api_url": self._sim_url,
+            "resync_seconds": 60.0,
+            "request_timeout_seconds": 2.0,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 1.0,
+            **overrides,
+        }
+        config = OperatorConfig(**settings).validated()
+        stack = AsyncExitStack()
+        runtime = await stack.enter_async_context(running_operator(self._kube_url, config))
+        self._running[id(runtime)] = stack
+        return runtime
+
+    async def stop(self, runtime: Runtime) -> None:
+        await self._running.pop(id(runtime)).aclose()
+
+    async def stop_all(self) -> None:
+        for stack in reversed(list(self._running.values())):
+            await stack.aclose()
+        self._running.clear()
 
 
 @pytest.fixture
 async def start_operator(
     k8s: KubernetesEmulator, sim: SimulatorServer
 ) -> AsyncIterator[OperatorFactory]:
-    """Start the operator with test-friendly timings; keyword arguments override them."""
-    async with AsyncExitStack() as stack:
-
-        async def start(**overrides: Any) -> Runtime:
-            settings: dict[str, Any] = {
-                "api_url": sim.url,
-                "resync_seconds": 60.0,
-                "request_timeout_seconds": 2.0,
-                "retry_base_seconds": 0.2,
-                "retry_max_seconds": 1.0,
-                **overrides,
-            }
-            config = OperatorConfig(**settings).validated()
-            return await stack.enter_async_context(running_operator(str(k8s.url), config))
-
-        yield start
+    factory = OperatorFactory(str(k8s.url), sim.url)
+    try:
+        yield factory
+    finally:
+        await factory.stop_all()
 
 
 @pytest.fixture

@@ -26,6 +26,9 @@ class OperatorConfig:
     max_concurrent_calls_per_account: int = 4
     """ThingSpace calls in flight at once for one account."""
 
+    max_calls_per_second_per_account: float = 10.0
+    """Budget of ThingSpace calls per second for one account, never exceeded."""
+
     retry_base_seconds: float = 5.0
     """First delay after a transient failure (5xx, timeout); doubles up to the cap."""
 
@@ -57,6 +60,8 @@ class OperatorConfig:
     def validated(self) -> "OperatorConfig":
         if self.resync_seconds <= 0 or self.request_timeout_seconds <= 0:
             raise ValueError("resync and timeout settings must be positive")
+        if self.max_calls_per_second_per_account <= 0:
+            raise ValueError("max_calls_per_second_per_account must be positive")
         if self.max_concurrent_calls_per_account < 1:
             raise ValueError("max_concurrent_calls_per_account must be at least 1")
         if self.log_format not in ("text", "json"):

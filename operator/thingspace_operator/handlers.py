@@ -16,6 +16,7 @@ import kopf
 from . import reconciler
 from .config import OperatorConfig
 from .kube.claims import Claim, claim_key, claim_of, rival_owner, successor
+from .kube.secrets import referenced_secrets
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
 from .model import FINALIZER, GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 from .plan import Ownership
@@ -53,6 +54,31 @@ def build_registry(
     ) -> dict[tuple[str, str], Claim] | None:
         key = claim_key(spec)
         return {key: claim_of(meta, namespace or "")} if key else None
+
+    @kopf.index(*resource, id="secret_users", registry=registry)
+    def secret_users(
+        spec: Mapping[str, Any], name: str, namespace: str | None, **_: Any
+    ) -> dict[tuple[str, str], str] | None:
+        return {(namespace or "", secret): name for secret in referenced_secrets(spec)} or None
+
+    @kopf.on.event("v1", "secrets", registry=registry)
+    async def secret_changed(
+        type: str | None,
+        body: kopf.Body,
+        name: str,
+        namespace: str | None,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        """A referenced Secret was created, changed or deleted: reconcile its users now."""
+        runtime: Runtime = memo["runtime"]
+        key = (namespace or "", name)
+        data = None if type == "DELETED" else (body.get("data") or {})
+        if not runtime.secret_versions.changed(key, data, initial=type is None):
+            return
+        users: kopf.Index[tuple[str, str], str] = kwargs["secret_users"]
+        for user in sorted(set(users.get(key, ()))):
+            await runtime.resources.request_reconcile(key[0], user)
 
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)

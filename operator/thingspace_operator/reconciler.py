@@ -17,7 +17,7 @@ from kubernetes.client import ApiClient
 from .config import OperatorConfig
 from .kube.claims import Claim
 from .kube.resources import CallbackResources
-from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader
+from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
 from .kube.status import Condition
 from .model import CallbackSpec, InvalidSpec, ManagementPolicy
 from .plan import Action, DeleteReason, Drift, Ownership, plan_delete, plan_sync
@@ -62,6 +62,7 @@ class Runtime:
     clients: ClientPool
     views: AccountViews
     locks: dict[tuple[str, str], asyncio.Lock]
+    secret_versions: SecretVersions
 
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
@@ -70,8 +71,11 @@ class Runtime:
             secrets=SecretReader(api_client),
             resources=CallbackResources(api_client),
             clients=ClientPool(config.api_url, config.request_timeout_seconds),
-            views=AccountViews(config.max_concurrent_calls_per_account),
+            views=AccountViews(
+                config.max_concurrent_calls_per_account, config.max_calls_per_second_per_account
+            ),
             locks={},
+            secret_versions=SecretVersions(),
         )
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:

@@ -128,7 +128,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         since = str(request.params.get("resourceVersion") or "0")
         since_version = int(since) if since.isdigit() else 0
         async for item in super()._serve_watch(request):
-            if isinstance(item, dict):
+            if isinstance(item, dict) and item.get("type") == "ADDED":  # replays are ADDED
                 version = str(item.get("object", {}).get("metadata", {}).get("resourceVersion"))
                 if version.isdigit() and int(version) <= since_version:
                     continue

@@ -4,6 +4,7 @@ import asyncio
 import datetime
 
 import kubernetes.client
+from kubernetes.client.exceptions import ApiException
 
 from ..model import GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 
@@ -13,9 +14,23 @@ class CallbackResources:
         self._api = kubernetes.client.CustomObjectsApi(api_client)
 
     async def request_reconcile(self, namespace: str, name: str) -> None:
-        """Set the reconcile-now annotation, exactly as a user would to force a reconcile."""
+        """Set the reconcile-now annotation, exactly as a user would to force a reconcile.
+
+        Used when a referenced Secret changes and when a contested registration is handed
+        over, so the resource reacts at once instead of at its next drift check.
+        """
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         body = {"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: stamp}}}
-        await asyncio.to_thread(
-            self._api.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body
-        )
+        try:
+            await asyncio.to_thread(
+                self._api.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing left to reconcile
+                raise

@@ -6,6 +6,8 @@ Error messages name the Secret and the key, never a value.
 import asyncio
 import base64
 import binascii
+import hashlib
+import json
 from collections.abc import Mapping
 
 import kubernetes.client
@@ -96,3 +98,36 @@ def callback_credentials_from(data: Mapping[str, str], where: str) -> tuple[str,
             f"{CALLBACK_CREDENTIAL_MAX_LENGTH} characters"
         )
     return username, password
+
+
+def referenced_secrets(spec: Mapping[str, object]) -> set[str]:
+    """Names of the Secrets a ThingSpaceCallback spec points at."""
+    names = set()
+    for key in ("credentialsSecretRef", "callbackCredentialsSecretRef"):
+        ref = spec.get(key)
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        if isinstance(name, str) and name:
+            names.add(name)
+    return names
+
+
+class SecretVersions:
+    """What each watched Secret's data looked like last time, as a digest (never the data).
+
+    Lets the operator react only to real changes of the values: the initial listing and
+    metadata-only updates are not news.
+    """
+
+    def __init__(self) -> None:
+        self._digests: dict[tuple[str, str], str] = {}
+
+    def changed(
+        self, key: tuple[str, str], data: Mapping[str, object] | None, initial: bool
+    ) -> bool:
+        """Record the Secret's state (``None``: deleted); True if it changed."""
+        if data is None:
+            return self._digests.pop(key, None) is not None or not initial
+        digest = hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()
+        previous = self._digests.get(key)
+        self._digests[key] = digest
+        return not initial and previous != digest

@@ -9,8 +9,9 @@ Every resource of an account (under one credential set) reads ThingSpace through
   (single flight);
 - a fetch waits until the account's writes in flight have finished, so one list after a
   burst of registrations verifies all of them;
-- writes go through the view, update the cached list, and are limited to a few at a time
-  per account.
+- writes go through the view and update the cached list;
+- every call of the account waits for a slot in its calls-per-second budget and for one of
+  a few concurrent-call slots, so bursts stay polite.
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from .client import ThingSpaceClient
 from .models import AppCredentials, Callback
+from .ratelimit import RateLimiter
 
 LiveCallbacks = dict[str, Callback]
 
@@ -36,14 +38,16 @@ class AccountView:
         client: ThingSpaceClient,
         account: str,
         max_concurrent_calls: int,
+        calls_per_second: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.account = account
         self._clock = clock
         self._calls = asyncio.Semaphore(max_concurrent_calls)
+        self._budget = RateLimiter(calls_per_second, clock=clock)
         self._cached: Observation | None = None
-        self._inflight: tuple[float, asyncio.Task[Observation]] | None = None
+        self._inflight: tuple[float, asyncio.Task[Observation | Exception]] | None = None
         self._writes_in_flight = 0
         self._writes_done = asyncio.Condition()
 
@@ -59,7 +63,7 @@ class AccountView:
                 self._inflight = (self._clock(), asyncio.create_task(self._fetch()))
             started_at, task = self._inflight
             if started_at >= not_before:
-                return (await asyncio.shield(task)).callbacks
+                return _unwrap(await asyncio.shield(task)).callbacks
             # Too old for this caller: let it finish, then start (or join) a newer one.
             await asyncio.wait([task])
 
@@ -76,19 +80,27 @@ class AccountView:
             self._update_cache(service, None)
         return self._clock()
 
-    async def _fetch(self) -> Observation:
+    async def _fetch(self) -> "Observation | Exception":
+        """One list call shared by every waiting caller.
+
+        It runs as its own task, so a failure is returned, never raised: an exception
+        nobody retrieved would otherwise surface when the operator shuts down.
+        """
         try:
             async with self._writes_done:
                 await self._writes_done.wait_for(lambda: self._writes_in_flight == 0)
+            await self._budget.acquire()
             started_at = self._clock()
             async with self._calls:
                 listed = await self.client.list_callbacks(self.account)
-            observation = Observation(started_at, {cb.service_name: cb for cb in listed})
-            if self._cached is None or self._cached.started_at <= started_at:
-                self._cached = observation
-            return observation
+        except Exception as exc:
+            return exc
         finally:
             self._inflight = None
+        observation = Observation(started_at, {cb.service_name: cb for cb in listed})
+        if self._cached is None or self._cached.started_at <= started_at:
+            self._cached = observation
+        return observation
 
     def _update_cache(self, service: str, callback: Callback | None) -> None:
         if self._cached is None:
@@ -104,19 +116,33 @@ class AccountView:
         return _WriteGuard(self)
 
 
+def _unwrap(result: "Observation | Exception") -> Observation:
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 class _WriteGuard:
-    """Counts a write in flight and holds one of the account's call slots for it."""
+    """Counts a write in flight and holds a budget slot and a call slot for it."""
 
     def __init__(self, view: AccountView) -> None:
         self._view = view
 
     async def __aenter__(self) -> None:
         self._view._writes_in_flight += 1
-        await self._view._calls.acquire()
+        try:
+            await self._view._budget.acquire()
+            await self._view._calls.acquire()
+        except BaseException:
+            await self._done()
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._view._calls.release()
+        await self._done()
+
+    async def _done(self) -> None:
         view = self._view
-        view._calls.release()
         view._writes_in_flight -= 1
         async with view._writes_done:
             view._writes_done.notify_all()
@@ -125,14 +151,15 @@ class _WriteGuard:
 class AccountViews:
     """The ``AccountView`` of each (credential set, account) pair, created on first use."""
 
-    def __init__(self, max_concurrent_calls: int) -> None:
+    def __init__(self, max_concurrent_calls: int, calls_per_second: float = 10.0) -> None:
         self._max_concurrent_calls = max_concurrent_calls
+        self._calls_per_second = calls_per_second
         self._views: dict[tuple[AppCredentials, str], AccountView] = {}
 
     def view(self, client: ThingSpaceClient, account: str) -> AccountView:
         key = (client.credentials, account)
         view = self._views.get(key)
         if view is None or view.client is not client:
-            view = AccountView(client, account, self._max_concurrent_calls)
+            view = AccountView(client, account, self._max_concurrent_calls, self._calls_per_second)
             self._views[key] = view
         return view

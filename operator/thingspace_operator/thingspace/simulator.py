@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -93,6 +93,10 @@ class SimulatorState:
     failed_logins: dict[str, int] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     request_counts: Counter[tuple[str, str | None, int]] = field(default_factory=Counter)
+    #: (clock time, endpoint, account) of recent requests, for rate assertions.
+    request_log: deque[tuple[float, str, str | None]] = field(
+        default_factory=lambda: deque(maxlen=100_000)
+    )
     _fault_ids: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
 
     def reset(self) -> None:
@@ -100,6 +104,7 @@ class SimulatorState:
             item.clear()
         self.faults.clear()
         self.request_counts.clear()
+        self.request_log.clear()
 
     def locked(self, user: str) -> bool:
         return self.failed_logins.get(user, 0) >= self.config.lockout_after_failed_logins
@@ -165,6 +170,7 @@ def api(endpoint: str, account_param: bool = False) -> Callable[[Handler], Calla
             account = request.match_info.get("account") if account_param else None
             response = await _answer(request, state, endpoint, account, handler)
             state.request_counts[(endpoint, account, response.status)] += 1
+            state.request_log.append((state.clock(), endpoint, account))
             log.info("%s %s -> %d", request.method, request.path, response.status)
             return response
 
