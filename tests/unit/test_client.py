@@ -199,3 +199,13 @@ async def test_account_view_verifies_a_burst_of_writes_with_one_list(
     assert all(await asyncio.gather(*(register_and_verify(s) for s in services)))
     assert await ctl.calls("register") == len(services)
     assert await ctl.calls("list") <= 2
+
+
+async def test_token_is_refreshed_before_it_expires(ctl: SimControl, http: ThingSpaceHTTP) -> None:
+    now = [0.0]
+    ts = ThingSpaceClient(http, GOOD, clock=lambda: now[0])
+    await ts.list_callbacks(ACCOUNT)
+    now[0] += 3600 - 60  # inside the refresh margin, still valid at ThingSpace
+    await ts.list_callbacks(ACCOUNT)
+    assert await ctl.calls("token") == 2
+    assert (await ctl.counts()).get(("list", 401), 0) == 0  # never used an expired token

@@ -183,3 +183,14 @@ def test_settings_from_environment_and_flags() -> None:
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match=r"THINGSPACE|must"):
         OperatorConfig.from_env(env)
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    from thingspace_operator.handlers import backoff
+
+    config = OperatorConfig(retry_base_seconds=1.0, retry_max_seconds=30.0)
+    for retry in range(12):
+        ceiling = min(30.0, 2.0**retry)
+        delays = [backoff(retry, config) for _ in range(50)]
+        assert all(0.5 <= d <= max(ceiling, 0.5) for d in delays)
+    assert len({round(backoff(6, config), 3) for _ in range(20)}) > 1  # jittered

@@ -49,6 +49,7 @@ class ThingSpaceClient:
         self._clock = clock
         self._auth_lock = asyncio.Lock()
         self._token: OAuthToken | None = None
+        self._token_expires_at = 0.0
         self._session_token: str | None = None
         self.auth_failure: AuthenticationFailed | None = None
 
@@ -102,14 +103,15 @@ class ThingSpaceClient:
 
     async def _valid_token(self) -> OAuthToken:
         token = self._token
-        if token is None or self._clock() >= token.expires_at - TOKEN_REFRESH_MARGIN_SECONDS:
+        if token is None or self._clock() >= self._token_expires_at - TOKEN_REFRESH_MARGIN_SECONDS:
             creds = self.credentials
+            requested_at = self._clock()
             try:
                 token = await self._http.fetch_token(creds.app_key, creds.app_secret)
             except AuthenticationFailed as exc:
                 self.auth_failure = exc
                 raise
-            self._token = token
+            self._token, self._token_expires_at = token, requested_at + token.expires_in
         return token
 
     async def _login(self, token: OAuthToken) -> str:

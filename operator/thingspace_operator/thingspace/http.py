@@ -47,7 +47,7 @@ class SessionRejected(ThingSpaceError):
 @dataclass(frozen=True)
 class OAuthToken:
     access_token: str = field(repr=False)
-    expires_at: float
+    expires_in: float  # seconds, from the moment it was requested
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,6 @@ class ThingSpaceHTTP:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
     async def fetch_token(self, app_key: str, app_secret: str) -> OAuthToken:
-        started = time.monotonic()
         body = await self._send(
             "POST",
             TOKEN_PATH,
@@ -90,8 +89,7 @@ class ThingSpaceHTTP:
         )
         if not isinstance(body, dict) or not body.get("access_token"):
             raise Unavailable("ThingSpace token endpoint answered without an access_token")
-        expires_in = float(body.get("expires_in") or 3600)
-        return OAuthToken(str(body["access_token"]), started + expires_in)
+        return OAuthToken(str(body["access_token"]), float(body.get("expires_in") or 3600))
 
     async def login(self, bearer: str, username: str, password: str) -> str:
         body = await self._send(
