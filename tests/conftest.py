@@ -187,6 +187,7 @@ class OperatorFactory:
             "request_timeout_seconds": 2.0,
             "retry_base_seconds": 0.2,
             "retry_max_seconds": 1.0,
+            "metrics_port": 0,
             **overrides,
         }
         config = OperatorConfig(**settings).validated()

@@ -18,6 +18,7 @@ from .config import OperatorConfig
 from .kube.claims import Claim, claim_key, claim_of, rival_owner, successor
 from .kube.secrets import referenced_secrets
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
+from .metrics import ResourceState
 from .model import FINALIZER, GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 from .plan import Ownership
 from .reconciler import READY, Outcome, Runtime, Trigger, display_url
@@ -39,8 +40,10 @@ def build_registry(
     kopf.on.login(registry=registry)(login)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings, config)
+        runtime: Runtime = memo["runtime"]
+        runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -98,7 +101,7 @@ def build_registry(
         runtime: Runtime = memo["runtime"]
         rival = _rival(claims, spec, meta, namespace)
         outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, Trigger(), rival)
-        report(outcome, status, meta, patch, body)
+        report(outcome, status, meta, patch, body, runtime=runtime, trigger="change")
         raise_for_retry(outcome, retry, runtime.config)
 
     @kopf.on.update(*resource, field=RECONCILE_REQUESTED_FIELD, registry=registry)
@@ -119,7 +122,7 @@ def build_registry(
         rival = _rival(claims, spec, meta, namespace)
         trigger = Trigger(not_before=time.monotonic())
         outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
-        report(outcome, status, meta, patch, body)
+        report(outcome, status, meta, patch, body, runtime=runtime, trigger="requested")
         if new is not None:
             patch.status["lastHandledReconcileAt"] = str(new)
 
@@ -144,7 +147,7 @@ def build_registry(
         rival = _rival(claims, spec, meta, namespace)
         trigger = Trigger(not_before=drift_window_start(config.resync_seconds), drift_check=True)
         outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
-        report(outcome, status, meta, patch, body)
+        report(outcome, status, meta, patch, body, runtime=runtime, trigger="drift_check")
 
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(
@@ -170,6 +173,7 @@ def build_registry(
             # The finalizer stays until deregistration succeeds or the policy says Orphan.
             raise kopf.TemporaryError(outcome.synced.message, delay=backoff(retry, runtime.config))
         post_event(body, outcome, status)
+        runtime.metrics.set_state(str(meta.get("uid")), None)
         if heir is not None:
             # Wake the next owner now instead of at its next drift check.
             await runtime.resources.request_reconcile(heir.namespace, heir.name)
@@ -246,12 +250,27 @@ def report(
     patch: kopf.Patch,
     body: kopf.Body,
     deleting: bool = False,
+    runtime: Runtime | None = None,
+    trigger: str = "",
 ) -> None:
-    """Patch only the status fields that changed, and announce what is news."""
+    """Patch only the status fields that changed, announce what is news, count it."""
     desired = desired_status(outcome, status, meta.get("generation"), deleting)
     for key, value in changed_fields(status, desired).items():
         patch.status[key] = value
     post_event(body, outcome, status)
+    if runtime is not None:
+        drift_corrected = outcome.event is not None and outcome.event.reason == "DriftCorrected"
+        runtime.metrics.observe_reconcile(trigger, outcome.synced.reason, drift_corrected)
+        runtime.metrics.set_state(str(meta.get("uid")), resource_state(desired))
+
+
+def resource_state(status: Mapping[str, Any]) -> ResourceState:
+    ready, synced = condition(status, READY), condition(status, "Synced")
+    return ResourceState(
+        ready=str(ready.get("status", "Unknown")),
+        synced=str(synced.get("status", "Unknown")),
+        managed=ready.get("status") == "True" and synced.get("reason") != "ObserveOnly",
+    )
 
 
 def desired_status(

@@ -19,6 +19,7 @@ from .kube.claims import Claim
 from .kube.resources import CallbackResources
 from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
 from .kube.status import Condition
+from .metrics import Metrics
 from .model import CallbackSpec, InvalidSpec, ManagementPolicy
 from .plan import Action, DeleteReason, Drift, Ownership, plan_delete, plan_sync
 from .thingspace.accounts import AccountView, AccountViews
@@ -63,19 +64,25 @@ class Runtime:
     views: AccountViews
     locks: dict[tuple[str, str], asyncio.Lock]
     secret_versions: SecretVersions
+    metrics: Metrics
+    metrics_port: int = 0  # where /metrics is served, once started
 
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
+        metrics = Metrics()
         return cls(
             config=config,
             secrets=SecretReader(api_client),
             resources=CallbackResources(api_client),
-            clients=ClientPool(config.api_url, config.request_timeout_seconds),
+            clients=ClientPool(
+                config.api_url, config.request_timeout_seconds, metrics.observe_call
+            ),
             views=AccountViews(
                 config.max_concurrent_calls_per_account, config.max_calls_per_second_per_account
             ),
             locks={},
             secret_versions=SecretVersions(),
+            metrics=metrics,
         )
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:
@@ -84,6 +91,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.clients.close()
+        self.metrics.stop()
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,11 @@ def free_port() -> int:
 
 def write_kubeconfig(server: str) -> Path:
     WORKDIR.mkdir(exist_ok=True)
-    path = WORKDIR / "kubeconfig"
+    return write_kubeconfig_to(WORKDIR / "kubeconfig", server)
+
+
+def write_kubeconfig_to(path: Path, server: str) -> Path:
+    """A kubeconfig for the emulated API server (any token; it checks none)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -21,6 +21,7 @@ import aiohttp
 from .errors import AuthenticationFailed, Unavailable
 from .http import (
     BearerRejected,
+    CallObserver,
     OAuthToken,
     SessionHeaders,
     SessionRejected,
@@ -148,9 +149,12 @@ class ThingSpaceClient:
 class ClientPool:
     """One ``ThingSpaceClient`` per credential set, sharing one HTTP connection pool."""
 
-    def __init__(self, base_url: str, timeout_seconds: float) -> None:
+    def __init__(
+        self, base_url: str, timeout_seconds: float, observer: CallObserver | None = None
+    ) -> None:
         self._base_url = base_url
         self._timeout_seconds = timeout_seconds
+        self._observer = observer
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[AppCredentials, ThingSpaceClient] = {}
 
@@ -164,7 +168,9 @@ class ClientPool:
     def _http(self) -> ThingSpaceHTTP:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        return ThingSpaceHTTP(self._base_url, self._session, self._timeout_seconds)
+        if self._observer is None:
+            return ThingSpaceHTTP(self._base_url, self._session, self._timeout_seconds)
+        return ThingSpaceHTTP(self._base_url, self._session, self._timeout_seconds, self._observer)
 
     async def close(self) -> None:
         for client in self._clients.values():

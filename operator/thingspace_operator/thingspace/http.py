@@ -7,7 +7,7 @@ Stateless apart from the shared aiohttp session. Token and session lifecycles li
 import email.utils
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -65,15 +65,28 @@ class SessionHeaders:
         }
 
 
+#: Told about every call: endpoint name, the error it ended with (or None), duration.
+CallObserver = Callable[[str, BaseException | None, float], None]
+
+
+def _ignore(endpoint: str, error: BaseException | None, seconds: float) -> None:
+    return None
+
+
 class ThingSpaceHTTP:
     """Sends one ThingSpace request per method call and classifies the answer."""
 
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession, timeout_seconds: float
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        timeout_seconds: float,
+        observer: CallObserver = _ignore,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._observer = observer
 
     async def fetch_token(self, app_key: str, app_secret: str) -> OAuthToken:
         body = await self._send(
@@ -141,7 +154,18 @@ class ThingSpaceHTTP:
             headers=headers.as_headers(),
         )
 
-    async def _send(
+    async def _send(self, method: str, path: str, *, endpoint: str, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            return await self._exchange(method, path, endpoint=endpoint, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._observer(endpoint, error, time.monotonic() - started)
+
+    async def _exchange(
         self,
         method: str,
         path: str,

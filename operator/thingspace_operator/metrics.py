@@ -1,0 +1,131 @@
+"""Prometheus metrics. Labels carry names of endpoints, outcomes and conditions only:
+never an account credential, a URL or a callback password."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .thingspace.errors import (
+    AuthenticationFailed,
+    RateLimited,
+    RequestRejected,
+    ThingSpaceError,
+    Unavailable,
+)
+from .thingspace.http import BearerRejected, SessionRejected
+
+ERROR_OUTCOMES: tuple[tuple[type[ThingSpaceError], str], ...] = (
+    (AuthenticationFailed, "auth_failed"),
+    (SessionRejected, "session_expired"),
+    (BearerRejected, "token_rejected"),
+    (RateLimited, "rate_limited"),
+    (RequestRejected, "rejected"),
+    (Unavailable, "unavailable"),
+)
+
+
+def outcome_of(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    return next((label for kind, label in ERROR_OUTCOMES if isinstance(error, kind)), "error")
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    ready: str
+    synced: str
+    managed: bool  # registration held by this resource (Ready, Manage, not in conflict)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.api_requests = Counter(
+            "thingspace_api_requests_total",
+            "ThingSpace API calls by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.api_latency = Histogram(
+            "thingspace_api_request_duration_seconds",
+            "Duration of ThingSpace API calls.",
+            ["endpoint"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.logins = Counter(
+            "thingspace_logins_total",
+            "ThingSpace session logins by result (ok, rejected, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconciles = Counter(
+            "thingspace_reconciles_total",
+            "Reconciles by trigger and resulting Synced reason.",
+            ["trigger", "result"],
+            registry=self.registry,
+        )
+        self.drift_corrections = Counter(
+            "thingspace_drift_corrections_total",
+            "Registrations re-registered because the live one had drifted.",
+            registry=self.registry,
+        )
+        self.resources = Gauge(
+            "thingspace_callbacks",
+            "ThingSpaceCallback resources by condition type and status.",
+            ["condition", "status"],
+            registry=self.registry,
+        )
+        self.registrations_managed = Gauge(
+            "thingspace_registrations_managed",
+            "Registrations the operator currently holds as declared.",
+            registry=self.registry,
+        )
+        self._states: dict[str, ResourceState] = {}
+        self._server: WSGIServer | None = None
+
+    def observe_call(self, endpoint: str, error: BaseException | None, seconds: float) -> None:
+        outcome = outcome_of(error)
+        self.api_requests.labels(endpoint, outcome).inc()
+        self.api_latency.labels(endpoint).observe(seconds)
+        if endpoint == "login":
+            result = {"ok": "ok", "auth_failed": "rejected"}.get(outcome, "error")
+            self.logins.labels(result).inc()
+
+    def observe_reconcile(self, trigger: str, result: str, drift_corrected: bool) -> None:
+        self.reconciles.labels(trigger, result).inc()
+        if drift_corrected:
+            self.drift_corrections.inc()
+
+    def set_state(self, uid: str, state: ResourceState | None) -> None:
+        """Record a resource's current conditions (``None``: it is gone)."""
+        if state is None:
+            self._states.pop(uid, None)
+        else:
+            self._states[uid] = state
+        self._publish(self._states.values())
+
+    def _publish(self, states: Iterable[ResourceState]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        managed = 0
+        for state in states:
+            for condition, status in (("Ready", state.ready), ("Synced", state.synced)):
+                counts[(condition, status)] = counts.get((condition, status), 0) + 1
+            managed += state.managed
+        for condition in ("Ready", "Synced"):
+            for status in ("True", "False", "Unknown"):
+                self.resources.labels(condition, status).set(counts.get((condition, status), 0))
+        self.registrations_managed.set(managed)
+
+    def serve(self, port: int) -> int:
+        """Serve /metrics on ``port`` (0: any free port) in a thread; returns the port."""
+        self._server, _thread = start_http_server(port, registry=self.registry)
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
