@@ -35,6 +35,10 @@ class OperatorConfig:
     retry_max_seconds: float = 300.0
     """Longest delay between retries after transient failures."""
 
+    sync_time_refresh_seconds: float = 3600.0
+    """A drift check that finds nothing to do writes no status, except that lastSyncTime is
+    refreshed when it is older than this."""
+
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"

@@ -4,6 +4,7 @@ No ThingSpace or Secret logic lives here. ``build_registry`` binds the handlers 
 configuration, so tests and the CLI each get a registry with their own settings.
 """
 
+import datetime
 import logging
 import random
 import time
@@ -254,7 +255,8 @@ def report(
     trigger: str = "",
 ) -> None:
     """Patch only the status fields that changed, announce what is news, count it."""
-    desired = desired_status(outcome, status, meta.get("generation"), deleting)
+    refresh = runtime.config.sync_time_refresh_seconds if runtime is not None else 0.0
+    desired = desired_status(outcome, status, meta.get("generation"), deleting, refresh)
     for key, value in changed_fields(status, desired).items():
         patch.status[key] = value
     post_event(body, outcome, status)
@@ -274,8 +276,14 @@ def resource_state(status: Mapping[str, Any]) -> ResourceState:
 
 
 def desired_status(
-    outcome: Outcome, status: Mapping[str, Any], generation: int | None, deleting: bool = False
+    outcome: Outcome,
+    status: Mapping[str, Any],
+    generation: int | None,
+    deleting: bool = False,
+    sync_refresh: float = 0.0,
 ) -> dict[str, Any]:
+    """The status this outcome calls for. ``lastSyncTime`` moves when anything else changes,
+    or when it is older than ``sync_refresh`` seconds."""
     now = utc_timestamp()
     updates = [outcome.synced]
     ready = outcome.ready
@@ -298,9 +306,19 @@ def desired_status(
             if outcome.live is not None
             else None
         )
-    if outcome.succeeded:
+    if outcome.succeeded and (
+        changed_fields(status, desired) or _older_than(status.get("lastSyncTime"), sync_refresh)
+    ):
+        # A check that changes nothing writes nothing, except a coarse heartbeat.
         desired["lastSyncTime"] = now
     return desired
+
+
+def _older_than(timestamp: str | None, seconds: float) -> bool:
+    if not timestamp:
+        return True
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return (datetime.datetime.now(datetime.UTC) - then).total_seconds() >= seconds
 
 
 def post_event(body: kopf.Body, outcome: Outcome, status: Mapping[str, Any]) -> None:

@@ -34,6 +34,7 @@ from .thingspace.errors import (
 from .thingspace.models import Callback
 
 READY, SYNCED = "Ready", "Synced"
+IN_SYNC_MESSAGE = "The live registration in ThingSpace matches the spec"
 
 
 class Reason(enum.StrEnum):
@@ -258,7 +259,7 @@ def _where(callback: Callback) -> str:
 
 def _in_sync(desired: Callback, live: Callback | None) -> Outcome:
     return Outcome(
-        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, "Live registration verified"),
+        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, IN_SYNC_MESSAGE),
         ready=Condition(
             READY,
             "True",
@@ -289,7 +290,7 @@ def _registered(
     else:
         event = Announcement("Normal", "Registered", f"Registered {where}")
     return Outcome(
-        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, "Registered and verified"),
+        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, IN_SYNC_MESSAGE),
         ready=Condition(
             READY,
             "True",

@@ -168,3 +168,32 @@ DEMO = {
     "username": "demo-user",
     "password": "demo-password",
 }
+
+
+async def test_drift_checks_that_find_nothing_write_nothing(
+    start_operator: OperatorFactory, cluster: Cluster, sim
+) -> None:
+    await cluster.apply_secret("thingspace-credentials", DEMO)
+    await start_operator(resync_seconds=0.3)
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+    await eventually(lambda: _calls(sim, "list") >= 2, what="first drift check")
+    versions = len(
+        cluster.k8s.objects[
+            "thingspace.io/v1alpha1/thingspacecallbacks", "iot", "qos-events"
+        ].history
+    )
+    lists = _calls(sim, "list")
+    await eventually(lambda: _calls(sim, "list") >= lists + 4, what="four more drift checks")
+    assert (
+        len(
+            cluster.k8s.objects[
+                "thingspace.io/v1alpha1/thingspacecallbacks", "iot", "qos-events"
+            ].history
+        )
+        == versions
+    )
+
+
+def _calls(sim: SimulatorServer, endpoint: str) -> int:
+    return sum(n for (name, _, _), n in sim.state.request_counts.items() if name == endpoint)
