@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: demo test lint format typecheck unit integration chart tools schema clean
+.PHONY: demo test lint format typecheck unit integration chart tools schema bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: lint typecheck $(HELM)
 chart: $(STAMP) $(HELM)
 	$(BIN)/pytest tests/chart
 
+## bench: run the benchmarks (minutes) and write docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 ## schema: regenerate the chart's values.schema.json from values.yaml
 schema: $(STAMP)
 	$(BIN)/python tools/values_schema.py
@@ -44,12 +48,12 @@ integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests tools
-	$(BIN)/ruff format --check operator tests tools
+	$(BIN)/ruff check operator tests tools bench
+	$(BIN)/ruff format --check operator tests tools bench
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix operator tests tools
-	$(BIN)/ruff format operator tests tools
+	$(BIN)/ruff check --fix operator tests tools bench
+	$(BIN)/ruff format operator tests tools bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

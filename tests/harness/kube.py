@@ -10,6 +10,7 @@ import base64
 import copy
 import datetime
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class KubernetesEmulator(kmock.KubernetesEmulator):
     _last_resource_version: int = 0
     _in_flight: dict[int, Any] | None = None
+    #: Requests served, by (HTTP method, subresource or ""), for benchmarks.
+    verb_counts: Counter[tuple[str, str]] | None = None
 
     def _next_resource_version(self) -> str:
         self._last_resource_version += 1
@@ -46,6 +49,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: Any) -> Any:
         # kmock matches every request against every request it recorded (quadratic cost
         # that stalls a run with thousands of requests); keep only those still in flight.
+        counts = self.verb_counts = self.verb_counts if self.verb_counts is not None else Counter()
+        counts[(str(request.method).upper().rsplit(".", 1)[-1], request.subresource or "")] += 1
         in_flight = self._in_flight = self._in_flight or {}
         in_flight[id(request)] = request
         self._requests[:] = [r for r in self._requests if id(r) in in_flight]
