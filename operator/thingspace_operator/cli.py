@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import kopf
 import kubernetes
 
+from . import logs
 from .config import OperatorConfig
 from .handlers import build_registry
 from .reconciler import Runtime
@@ -62,8 +63,9 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_operator(config: OperatorConfig) -> None:
-    configure_logging(config)
     runtime = Runtime.create(config, kubernetes_api_client())
+    configure_logging(config)
+    logs.install(runtime.identities, text=config.log_format == "text")
     kopf.run(
         registry=build_registry(config),
         memo=kopf.Memo(runtime=runtime),

@@ -8,7 +8,7 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 import asyncio
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -67,6 +67,8 @@ class Runtime:
     secret_versions: SecretVersions
     metrics: Metrics
     metrics_port: int = 0  # where /metrics is served, once started
+    #: (namespace, name) -> (account, service) of every known resource, for log lines.
+    identities: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":

@@ -63,6 +63,10 @@ async def test_run_command_serves_health_and_metrics_and_logs_json(
     about_qos = [line for line in lines if line.get("object", {}).get("name") == "qos"]
     assert about_qos
     assert all(line["object"]["namespace"] == "iot" for line in about_qos)
+    assert all(
+        (line.get("account"), line.get("service")) == ("0000123456-00001", "QoS")
+        for line in about_qos
+    )
     assert any("account=0000123456-00001 service=QoS iot/qos" in line["message"] for line in lines)
     assert "demo-password" not in log_path.read_text()
 
