@@ -95,43 +95,15 @@ def build_registry(
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, field="spec", registry=registry)
-    async def reconcile(
-        spec: Mapping[str, Any],
-        status: Mapping[str, Any],
-        meta: Mapping[str, Any],
-        namespace: str | None,
-        patch: kopf.Patch,
-        body: kopf.Body,
-        memo: kopf.Memo,
-        retry: int,
-        **kwargs: Any,
-    ) -> None:
-        claims: ClaimsIndex = kwargs["claims"]
-        runtime: Runtime = memo["runtime"]
-        rival = _rival(claims, spec, meta, namespace)
-        outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, Trigger(), rival)
-        report(outcome, status, meta, patch, body, runtime=runtime, trigger="change")
-        raise_for_retry(outcome, retry, runtime.config)
+    async def reconcile(retry: int, memo: kopf.Memo, **kwargs: Any) -> None:
+        outcome = await sync_and_report(Trigger(), "change", memo=memo, **kwargs)
+        raise_for_retry(outcome, retry, memo["runtime"].config)
 
     @kopf.on.update(*resource, field=RECONCILE_REQUESTED_FIELD, registry=registry)
-    async def reconcile_now(
-        spec: Mapping[str, Any],
-        status: Mapping[str, Any],
-        meta: Mapping[str, Any],
-        namespace: str | None,
-        patch: kopf.Patch,
-        body: kopf.Body,
-        memo: kopf.Memo,
-        new: Any,
-        **kwargs: Any,
-    ) -> None:
-        claims: ClaimsIndex = kwargs["claims"]
+    async def reconcile_now(new: Any, patch: kopf.Patch, **kwargs: Any) -> None:
         """A new annotation value: reconcile at once, with a list fetched from now on."""
-        runtime: Runtime = memo["runtime"]
-        rival = _rival(claims, spec, meta, namespace)
         trigger = Trigger(not_before=time.monotonic())
-        outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
-        report(outcome, status, meta, patch, body, runtime=runtime, trigger="requested")
+        await sync_and_report(trigger, "requested", patch=patch, **kwargs)
         if new is not None:
             patch.status["lastHandledReconcileAt"] = str(new)
 
@@ -141,22 +113,9 @@ def build_registry(
         interval=config.resync_seconds,
         initial_delay=config.resync_seconds,
     )
-    async def check_drift(
-        spec: Mapping[str, Any],
-        status: Mapping[str, Any],
-        meta: Mapping[str, Any],
-        namespace: str | None,
-        patch: kopf.Patch,
-        body: kopf.Body,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        claims: ClaimsIndex = kwargs["claims"]
-        runtime: Runtime = memo["runtime"]
-        rival = _rival(claims, spec, meta, namespace)
+    async def check_drift(**kwargs: Any) -> None:
         trigger = Trigger(not_before=drift_window_start(config.resync_seconds), drift_check=True)
-        outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
-        report(outcome, status, meta, patch, body, runtime=runtime, trigger="drift_check")
+        await sync_and_report(trigger, "drift_check", **kwargs)
 
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(
@@ -189,6 +148,28 @@ def build_registry(
             await runtime.resources.request_reconcile(heir.namespace, heir.name)
 
     return registry
+
+
+async def sync_and_report(
+    trigger: Trigger,
+    label: str,
+    *,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    namespace: str | None,
+    patch: kopf.Patch,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    claims: ClaimsIndex,
+    **_: Any,
+) -> Outcome:
+    """The body of every sync handler: who owns it, sync, then status, Event and metrics."""
+    runtime: Runtime = memo["runtime"]
+    rival = _rival(claims, spec, meta, namespace)
+    outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
+    report(outcome, status, meta, patch, body, runtime=runtime, trigger=label)
+    return outcome
 
 
 def _rival(

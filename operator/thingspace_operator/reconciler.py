@@ -8,7 +8,7 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 import asyncio
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -285,24 +285,11 @@ def _registered(
         event = Announcement("Normal", "DriftCorrected", f"Re-registered {where} ({drift})")
     elif previous is not None and previous.url != desired.url:
         event = Announcement(
-            "Normal",
-            "Registered",
-            f"Registered {where}, replacing {display_url(previous.url)}",
+            "Normal", "Registered", f"Registered {where}, replacing {display_url(previous.url)}"
         )
     else:
         event = Announcement("Normal", "Registered", f"Registered {where}")
-    return Outcome(
-        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, IN_SYNC_MESSAGE),
-        ready=Condition(
-            READY,
-            "True",
-            Reason.REGISTERED,
-            f"ThingSpace delivers {_where(desired)} to {display_url(desired.url)}",
-        ),
-        observed=True,
-        live=verified,
-        event=event,
-    )
+    return replace(_in_sync(desired, verified), event=event)
 
 
 def _observed_only(desired: Callback, live: Callback | None, drift: Drift) -> Outcome:
