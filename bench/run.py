@@ -50,6 +50,11 @@ def account_names(count: int) -> list[str]:
     return [f"{index:010d}-00001" for index in range(1, count + 1)]
 
 
+def accounts_for(n: int, wanted: int) -> int:
+    """ThingSpace holds one registration per account and service: enough accounts for N."""
+    return max(min(wanted, n), -(-n // len(SERVICES)))
+
+
 def declared(n: int, accounts: int) -> list[tuple[str, str, str]]:
     """N (account, service, url): services fill an account before the next one is used."""
     names = account_names(accounts)
@@ -365,8 +370,7 @@ async def main(args: argparse.Namespace) -> None:
     workdir.mkdir(exist_ok=True)
     results = []
     for n in args.scales:
-        accounts = max(1, min(args.accounts, n)) if n != args.n else args.accounts
-        accounts = max(accounts, -(-n // len(SERVICES)))
+        accounts = accounts_for(n, args.accounts)
         print(f"scenario N={n} accounts={accounts} ...", flush=True)
         results.append(
             await scenario(
@@ -379,7 +383,7 @@ async def main(args: argparse.Namespace) -> None:
                 workdir=workdir,
             )
         )
-    peer_figures = await peer(args.n, args.accounts, args.latency)
+    peer_figures = await peer(args.n, accounts_for(args.n, args.accounts), args.latency)
     peer_figures["n"] = args.n
     report = render(results, peer_figures, args)
     print(report)

@@ -73,6 +73,8 @@ class Cluster:
     def __init__(self, k8s: KubernetesEmulator) -> None:
         self.k8s = k8s
         self.url = str(k8s.url).rstrip("/")
+        #: Every password or app secret written through apply_secret, for leak checks.
+        self.secret_values: set[str] = set()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         async with (
@@ -85,6 +87,7 @@ class Cluster:
     async def apply_secret(
         self, name: str, data: dict[str, str], namespace: str = NAMESPACE
     ) -> None:
+        self.secret_values.update(v for k, v in data.items() if k in ("appSecret", "password"))
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
         if self.secret(name, namespace) is None:
