@@ -85,10 +85,15 @@ def build_registry(
         """A referenced Secret was created, changed or deleted: reconcile its users now."""
         runtime: Runtime = memo["runtime"]
         key = (namespace or "", name)
+        users: kopf.Index[tuple[str, str], str] = kwargs["secret_users"]
         data = None if type == "DELETED" else (body.get("data") or {})
+        if data is None:
+            runtime.secrets.forget(*key)
+        elif key in users or runtime.secrets.knows(*key):
+            version = str(body.get("metadata", {}).get("resourceVersion", ""))
+            runtime.secrets.remember(*key, version, data)
         if not runtime.secret_versions.changed(key, data, initial=type is None):
             return
-        users: kopf.Index[tuple[str, str], str] = kwargs["secret_users"]
         for user in sorted(set(users.get(key, ()))):
             await runtime.resources.request_reconcile(key[0], user)
 

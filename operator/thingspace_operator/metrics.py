@@ -1,7 +1,6 @@
 """Prometheus metrics. Labels carry names of endpoints, outcomes and conditions only:
 never an account credential, a URL or a callback password."""
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -101,23 +100,19 @@ class Metrics:
 
     def set_state(self, uid: str, state: ResourceState | None) -> None:
         """Record a resource's current conditions (``None``: it is gone)."""
-        if state is None:
-            self._states.pop(uid, None)
-        else:
+        previous = self._states.pop(uid, None)
+        if state is not None:
             self._states[uid] = state
-        self._publish(self._states.values())
+        if previous != state:
+            self._count(previous, -1)
+            self._count(state, +1)
 
-    def _publish(self, states: Iterable[ResourceState]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        managed = 0
-        for state in states:
-            for condition, status in (("Ready", state.ready), ("Synced", state.synced)):
-                counts[(condition, status)] = counts.get((condition, status), 0) + 1
-            managed += state.managed
-        for condition in ("Ready", "Synced"):
-            for status in ("True", "False", "Unknown"):
-                self.resources.labels(condition, status).set(counts.get((condition, status), 0))
-        self.registrations_managed.set(managed)
+    def _count(self, state: ResourceState | None, delta: int) -> None:
+        if state is None:
+            return
+        self.resources.labels("Ready", state.ready).inc(delta)
+        self.resources.labels("Synced", state.synced).inc(delta)
+        self.registrations_managed.inc(delta * state.managed)
 
     def serve(self, port: int) -> int:
         """Serve /metrics on ``port`` (0: any free port) in a thread; returns the port."""

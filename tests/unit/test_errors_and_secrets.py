@@ -194,3 +194,16 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
         delays = [backoff(retry, config) for _ in range(50)]
         assert all(0.5 <= d <= max(ceiling, 0.5) for d in delays)
     assert len({round(backoff(6, config), 3) for _ in range(20)}) > 1  # jittered
+
+
+async def test_secret_reader_serves_known_secrets_and_keeps_the_newest() -> None:
+    from thingspace_operator.kube.secrets import SecretReader
+
+    reader = SecretReader(api_client=None)  # type: ignore[arg-type]  # never called here
+    reader.remember("ns", "s", "7", {"password": _b64("new")})
+    reader.remember("ns", "s", "5", {"password": _b64("old")})  # an older read arriving late
+    assert await reader.read("ns", "s") == {"password": "new"}
+    reader.remember("ns", "s", "9", {"password": _b64("newer")})
+    assert await reader.read("ns", "s") == {"password": "newer"}
+    reader.forget("ns", "s")
+    assert not reader.knows("ns", "s")

@@ -29,13 +29,38 @@ class CredentialsInvalid(Exception):
 
 
 class SecretReader:
-    """Reads Secrets in the resource's namespace through the Kubernetes API."""
+    """Reads Secrets in the resource's namespace through the Kubernetes API.
+
+    Secrets the operator has read are kept in memory and refreshed by the Secret watch
+    (``remember``/``forget``), so a reconcile costs no API read once a Secret is known.
+    """
 
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._core = kubernetes.client.CoreV1Api(api_client)
+        self._known: dict[tuple[str, str], tuple[str, Mapping[str, str | bytes]]] = {}
+
+    def knows(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._known
+
+    def remember(
+        self, namespace: str, name: str, version: str, data: Mapping[str, str | bytes]
+    ) -> None:
+        """Keep the Secret's (encoded) data unless a newer version is already known."""
+        known = self._known.get((namespace, name))
+        if known is None or not _older(version, known[0]):
+            self._known[(namespace, name)] = (version, dict(data))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._known.pop((namespace, name), None)
 
     async def read(self, namespace: str, name: str) -> dict[str, str]:
         """The Secret's data, decoded; raises ``CredentialsNotFound`` if it is absent."""
+        known = self._known.get((namespace, name))
+        if known is None:
+            known = await self._fetch(namespace, name)
+        return decode_secret_data(known[1], f"{namespace}/{name}")
+
+    async def _fetch(self, namespace: str, name: str) -> tuple[str, Mapping[str, str | bytes]]:
         try:
             secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
@@ -46,7 +71,9 @@ class SecretReader:
                     f"the operator may not read Secret {namespace}/{name} (HTTP 403)"
                 ) from None
             raise
-        return decode_secret_data(secret.data or {}, f"{namespace}/{name}")
+        version = str(secret.metadata.resource_version or "") if secret.metadata else ""
+        self.remember(namespace, name, version, secret.data or {})
+        return self._known[(namespace, name)]
 
     async def app_credentials(self, namespace: str, name: str) -> AppCredentials:
         data = await self.read(namespace, name)
@@ -55,6 +82,11 @@ class SecretReader:
     async def callback_credentials(self, namespace: str, name: str) -> tuple[str, str]:
         data = await self.read(namespace, name)
         return callback_credentials_from(data, f"{namespace}/{name}")
+
+
+def _older(version: str, than: str) -> bool:
+    """resourceVersions are opaque, but numeric in practice; compare them when they are."""
+    return version.isdigit() and than.isdigit() and int(version) < int(than)
 
 
 def decode_secret_data(data: Mapping[str, str | bytes], where: str) -> dict[str, str]:
