@@ -224,7 +224,8 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    settings.queueing.worker_limit = 64
+    # Resources wait on shared per-account lists and budgets, not on CPU: let many run.
+    settings.queueing.worker_limit = 1000
     settings.posting.level = logging.INFO  # only our explicit Events are posted
     settings.execution.max_workers = 8
 

@@ -15,6 +15,7 @@ Every resource of an account (under one credential set) reads ThingSpace through
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .models import AppCredentials, Callback
 from .ratelimit import RateLimiter
 
 LiveCallbacks = dict[str, Callback]
+WRITE_SETTLE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,7 @@ class AccountView:
         nobody retrieved would otherwise surface when the operator shuts down.
         """
         try:
-            async with self._writes_done:
-                await self._writes_done.wait_for(lambda: self._writes_in_flight == 0)
+            await self._writes_settled()
             await self._budget.acquire()
             started_at = self._clock()
             async with self._calls:
@@ -101,6 +102,16 @@ class AccountView:
         if self._cached is None or self._cached.started_at <= started_at:
             self._cached = observation
         return observation
+
+    async def _writes_settled(self) -> None:
+        """Wait until no write is in flight, but not longer than WRITE_SETTLE_SECONDS: a
+        steady stream of writes must not starve the list that verifies them."""
+        async with self._writes_done:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._writes_done.wait_for(lambda: self._writes_in_flight == 0),
+                    WRITE_SETTLE_SECONDS,
+                )
 
     def _update_cache(self, service: str, callback: Callback | None) -> None:
         if self._cached is None:
