@@ -405,7 +405,12 @@ METHOD_NOTES = """
   simulator with the same latency.
 
 Run with `make bench` (defaults) or `python -m bench.run --help`. A tiny version runs in
-the test suite (`tests/integration/test_bench_smoke.py`) so the harness cannot rot.
+the test suite (`tests/integration/test_bench_smoke.py`) so the harness cannot rot. What the
+figures mean, what they changed and what is still off target: [performance.md](performance.md).
+
+Accounts: ThingSpace holds one registration per account and callback service (23 names),
+so N resources need at least N / 23 accounts; the harness raises M to that when needed
+(N=1000 runs over 44 accounts, N=5000 over 218).
 """
 
 

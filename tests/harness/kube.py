@@ -81,7 +81,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     def _fill_server_metadata(self, request: Any) -> None:
         meta = request.data.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
         if request.namespace:
             meta.setdefault("namespace", request.namespace)
         meta.setdefault("uid", str(uuid.uuid4()))
