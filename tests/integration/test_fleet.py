@@ -17,6 +17,7 @@ from tests.conftest import (
 )
 from tests.simctl import SimControl
 from thingspace_operator.model import RECONCILE_REQUESTED_ANNOTATION
+from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 URL = "https://listener.example.com/qos"
 
@@ -43,25 +44,7 @@ async def test_fifty_resources_cost_one_list_per_account_per_period(
     start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl, sim
 ) -> None:
     accounts = ["0000000001-00001", "0000000002-00001", "0000000003-00001"]
-    services = [
-        "QoS",
-        "CarrierService",
-        "DeviceUsage",
-        "NiddService",
-        "StateService",
-        "PromoChanges",
-        "DeviceService",
-        "SMSDeliveryConfirmation",
-        "AlertService",
-        "DevicePRLInformation",
-        "DeviceSuspensionStatus",
-        "ResumeTrackingNotification",
-        "EnhancedConnectivityService",
-        "ExternalProvisioningChanges",
-        "DiagnosticsService",
-        "DeviceProfileService",
-        "IntelligenceService",
-    ]
+    services = list(CALLBACK_SERVICE_NAMES[:17])
     pairs = [(a, s) for s in services for a in accounts][:50]
     await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
     await start_operator(resync_seconds=1.0)

@@ -14,20 +14,10 @@ from tests.conftest import (
     quiet_period,
 )
 from tests.simctl import SimControl
+from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 URL = "https://listener.example.com"
-SERVICES = [
-    "QoS",
-    "CarrierService",
-    "DeviceUsage",
-    "NiddService",
-    "StateService",
-    "PromoChanges",
-    "DeviceService",
-    "SMSDeliveryConfirmation",
-    "AlertService",
-    "DevicePRLInformation",
-]
+SERVICES = list(CALLBACK_SERVICE_NAMES[:10])
 
 
 @pytest.fixture
@@ -232,7 +222,7 @@ async def test_forced_session_expiry_and_token_revocation_mid_run(
     await eventually(lambda: all(ready(cluster, n) for n in names))
     await ctl.request("POST", "sessions/expire")
     await ctl.request("POST", "tokens/revoke")
-    await ctl.delete_registration("0000000000-00001", "QoS")
+    await ctl.delete_registration("0000000000-00001", SERVICES[0])
     await eventually(lambda: declared_equals_live(ctl, cluster, names), timeout=5)
     assert await ctl.calls("token") == 2
     assert await ctl.calls("login") == 2

@@ -17,6 +17,7 @@ from thingspace_operator.thingspace.errors import (
 )
 from thingspace_operator.thingspace.http import ThingSpaceHTTP
 from thingspace_operator.thingspace.models import AppCredentials, Callback
+from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 from thingspace_operator.thingspace.simulator import SimulatorServer
 
 ACCOUNT = "0000123456-00001"
@@ -183,14 +184,7 @@ async def test_account_view_verifies_a_burst_of_writes_with_one_list(
     ctl: SimControl, http: ThingSpaceHTTP
 ) -> None:
     view = AccountView(client(http), ACCOUNT, max_concurrent_calls=4)
-    services = [
-        "QoS",
-        "CarrierService",
-        "DeviceUsage",
-        "NiddService",
-        "StateService",
-        "PromoChanges",
-    ]
+    services = list(CALLBACK_SERVICE_NAMES[:6])
 
     async def register_and_verify(service: str) -> bool:
         written = await view.register(Callback(ACCOUNT, service, f"https://l.example/{service}"))
