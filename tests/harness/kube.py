@@ -13,16 +13,14 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import kmock
-import yaml
 from kmock._internal import k8s_views
 from kmock._internal.references import resource as kmock_resource
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "thingspacecallbacks.thingspace.io.yaml"
+from tests.crd_support import load_crd
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -181,10 +179,6 @@ def encode_string_data(secret: dict[str, Any]) -> None:
     encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in string_data.items()}
     if encoded:
         secret["data"] = {**(secret.get("data") or {}), **encoded}
-
-
-def load_crd() -> dict[str, Any]:
-    return yaml.safe_load(CRD_PATH.read_text())
 
 
 def declare_crd(emulator: kmock.KubernetesEmulator, crd: dict[str, Any]) -> str:
