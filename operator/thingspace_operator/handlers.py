@@ -16,6 +16,7 @@ import kopf
 
 from . import reconciler
 from .config import OperatorConfig
+from .drift import Tracked
 from .kube.claims import Claim, claim_key, claim_of, rival_owner, successor
 from .kube.secrets import referenced_secrets
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
@@ -41,10 +42,13 @@ def build_registry(
     kopf.on.login(registry=registry)(login)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings, config)
         runtime: Runtime = memo["runtime"]
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
+        runtime.sweep.start(
+            lambda tracked, rival, since: check_drift(runtime, tracked, rival, since)
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -105,22 +109,36 @@ def build_registry(
         raise_for_retry(outcome, retry, memo["runtime"].config)
 
     @kopf.on.update(*resource, field=RECONCILE_REQUESTED_FIELD, registry=registry)
-    async def reconcile_now(new: Any, patch: kopf.Patch, **kwargs: Any) -> None:
-        """A new annotation value: reconcile at once, with a list fetched from now on."""
-        trigger = Trigger(not_before=time.monotonic())
-        await sync_and_report(trigger, "requested", patch=patch, **kwargs)
+    async def reconcile_now(
+        new: Any,
+        patch: kopf.Patch,
+        name: str,
+        namespace: str | None,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        """A new annotation value: reconcile at once, with a list fetched from now on (or,
+        when a drift check asked, with the list that check fetched)."""
+        listed_since = memo["runtime"].sweep.take_request((namespace or "", name))
+        if listed_since is None:
+            trigger, label = Trigger(not_before=time.monotonic()), "requested"
+        else:
+            trigger, label = Trigger(not_before=listed_since, drift_check=True), "drift_check"
+        await sync_and_report(
+            trigger, label, patch=patch, name=name, namespace=namespace, memo=memo, **kwargs
+        )
         if new is not None:
             patch.status["lastHandledReconcileAt"] = str(new)
 
-    @kopf.timer(
-        *resource,
-        registry=registry,
-        interval=config.resync_seconds,
-        initial_delay=config.resync_seconds,
-    )
-    async def check_drift(**kwargs: Any) -> None:
-        trigger = Trigger(not_before=drift_window_start(config.resync_seconds), drift_check=True)
-        await sync_and_report(trigger, "drift_check", **kwargs)
+    @kopf.on.event(*resource, registry=registry)
+    def track(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """Keep the drift sweep's view of every resource current."""
+        sweep = memo["runtime"].sweep
+        if type == "DELETED":
+            meta = body.get("metadata", {})
+            sweep.forget(str(meta.get("namespace") or ""), str(meta.get("name")))
+        else:
+            sweep.track(body)
 
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(
@@ -173,8 +191,29 @@ async def sync_and_report(
     runtime: Runtime = memo["runtime"]
     rival = _rival(claims, spec, meta, namespace)
     outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
+    runtime.sweep.handled(_namespaced(namespace), str(meta.get("name")))
     report(outcome, status, meta, patch, body, runtime=runtime, trigger=label)
     return outcome
+
+
+async def check_drift(
+    runtime: Runtime, tracked: Tracked, rival: Claim | None, since: float
+) -> None:
+    """One resource's periodic check: observe only; anything to write goes to a handler.
+
+    ``since`` is the start of the period: every check of an account in this period shares
+    one list. A resource whose registration and status are as they should be costs no
+    Kubernetes write at all.
+    """
+    trigger = Trigger(not_before=since, drift_check=True, check_only=True)
+    outcome = await reconciler.sync(tracked.namespace, tracked.spec, runtime, trigger, rival)
+    refresh = runtime.config.sync_time_refresh_seconds
+    desired = desired_status(outcome, tracked.status, tracked.generation, False, refresh)
+    if outcome.correction_needed or changed_fields(tracked.status, desired):
+        runtime.sweep.request(tracked.key, since)
+        await runtime.resources.request_reconcile(*tracked.key)
+    else:
+        runtime.metrics.observe_reconcile("drift_check", outcome.synced.reason, False)
 
 
 def _rival(
@@ -228,16 +267,6 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.queueing.worker_limit = 1000
     settings.posting.level = logging.INFO  # only our explicit Events are posted
     settings.execution.max_workers = 8
-
-
-def drift_window_start(period: float) -> float:
-    """Start of the current drift period: one shared list per account per period.
-
-    Every timer of an account accepts any list fetched since the period began, so the
-    first timer to fire in a period fetches and the others reuse its answer.
-    """
-    now = time.monotonic()
-    return now - (now % period)
 
 
 def report(

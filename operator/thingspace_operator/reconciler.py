@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from kubernetes.client import ApiClient
 
 from .config import OperatorConfig
+from .drift import DriftSweep
 from .kube.claims import Claim
 from .kube.resources import CallbackResources
 from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
@@ -66,6 +67,7 @@ class Runtime:
     locks: dict[tuple[str, str], asyncio.Lock]
     secret_versions: SecretVersions
     metrics: Metrics
+    sweep: DriftSweep
     metrics_port: int = 0  # where /metrics is served, once started
     #: (namespace, name) -> (account, service) of every known resource, for log lines.
     identities: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
@@ -86,6 +88,7 @@ class Runtime:
             locks={},
             secret_versions=SecretVersions(),
             metrics=metrics,
+            sweep=DriftSweep(config.resync_seconds),
         )
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:
@@ -93,6 +96,7 @@ class Runtime:
         return self.locks.setdefault((account, service), asyncio.Lock())
 
     async def close(self) -> None:
+        await self.sweep.stop()
         await self.clients.close()
         self.metrics.stop()
 
@@ -117,6 +121,7 @@ class Outcome:
     event: Announcement | None = None
     transient: bool = False  # worth retrying soon (ThingSpace unavailable or throttling)
     retry_after: float | None = None
+    correction_needed: bool = False  # a check-only sync found a write to make
 
     @property
     def succeeded(self) -> bool:
@@ -129,6 +134,7 @@ class Trigger:
 
     not_before: float | None = None  # monotonic time; None: the config's max age
     drift_check: bool = False  # a periodic check: corrections are DriftCorrected
+    check_only: bool = False  # observe and plan, but leave any write to a handler
 
 
 async def sync(
@@ -187,6 +193,8 @@ async def _sync_locked(
         return _observed_only(desired, live, plan.drift)
     if plan.action is Action.NOTHING:
         return _in_sync(desired, live)
+    if trigger.check_only:
+        return _correction_needed(desired, plan.drift)
     try:
         written_at = await view.register(desired)
     except ThingSpaceError as exc:
@@ -290,6 +298,13 @@ def _registered(
     else:
         event = Announcement("Normal", "Registered", f"Registered {where}")
     return replace(_in_sync(desired, verified), event=event)
+
+
+def _correction_needed(desired: Callback, drift: Drift) -> Outcome:
+    message = f"{_where(desired)}: {drift}"
+    return Outcome(
+        synced=Condition(SYNCED, "False", Reason.DRIFTED, message), correction_needed=True
+    )
 
 
 def _observed_only(desired: Callback, live: Callback | None, drift: Drift) -> Outcome:

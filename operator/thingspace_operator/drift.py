@@ -1,0 +1,167 @@
+"""Drift checks: one sweep per period over every resource, one list per account.
+
+A kopf timer per resource cost two asyncio tasks and a copy of the body each (about 14 KB
+per resource, 70 MB at 5000) and fired on each resource's own clock, so lists bunched
+unevenly across periods. The sweep instead wakes at the start of each period, lists every
+account at most once, and only *observes*: a resource whose live registration or status
+is not what it should be gets a reconcile request, and the kopf handler for that request
+corrects it and writes status and Events. A check that finds nothing writes nothing.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .kube.claims import Claim, claim_key, claim_of, rival_owner
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """What a drift check needs of one resource: its latest spec, status and claim."""
+
+    namespace: str
+    name: str
+    generation: int | None
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    claim: Claim
+
+    @property
+    def key(self) -> Key:
+        return self.namespace, self.name
+
+    @property
+    def account(self) -> str:
+        return str(self.spec.get("accountName") or "")
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> "Tracked":
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        return cls(
+            namespace=namespace,
+            name=str(meta.get("name")),
+            generation=meta.get("generation"),
+            spec=_plain(body.get("spec") or {}),
+            status=_plain(body.get("status") or {}),
+            claim=claim_of(meta, namespace),
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A detached copy, so holding it does not keep kopf's whole body alive."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def window_start(period: float, now: float | None = None) -> float:
+    """Start of the current drift period on the monotonic clock: periods are shared, so
+    every check in one period can reuse one list per account."""
+    moment = time.monotonic() if now is None else now
+    return moment - (moment % period)
+
+
+Check = Callable[[Tracked, Claim | None, float], Awaitable[None]]
+
+
+class DriftSweep:
+    """The resources to check, and the loop that checks them once per period."""
+
+    def __init__(self, period: float, concurrency: int = 16) -> None:
+        self.period = period
+        self.concurrency = concurrency
+        self._tracked: dict[Key, Tracked] = {}
+        self._handled_at: dict[Key, float] = {}
+        self._requested: dict[Key, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.sweeps = 0
+
+    def start(self, check: Check) -> None:
+        self._task = asyncio.create_task(self.run(check), name="drift sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def track(self, body: Mapping[str, Any]) -> None:
+        tracked = Tracked.of(body)
+        self._tracked[tracked.key] = tracked
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._tracked.pop((namespace, name), None)
+        self._handled_at.pop((namespace, name), None)
+
+    def handled(self, namespace: str, name: str, at: float | None = None) -> None:
+        """A handler has just reconciled this resource against a fresh list."""
+        self._handled_at[(namespace, name)] = time.monotonic() if at is None else at
+
+    def request(self, key: Key, listed_since: float) -> None:
+        """A check found work for the handler; its list (fetched after ``listed_since``)
+        is fresh enough for the correction, so the handler need not list again."""
+        self._requested[key] = listed_since
+
+    def take_request(self, key: Key) -> float | None:
+        return self._requested.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._tracked)
+
+    def due(self, now: float) -> list[Tracked]:
+        """Resources to check now: not being deleted, not reconciled within a period.
+
+        Skipping the recently reconciled keeps a burst of new resources from paying for
+        a second list per account while they converge.
+        """
+        return [
+            tracked
+            for key, tracked in self._tracked.items()
+            if not tracked.claim.deleting
+            and now - self._handled_at.get(key, float("-inf")) >= self.period
+        ]
+
+    async def run(self, check: Check) -> None:
+        """Sweep at the start of every period until cancelled."""
+        while True:
+            now = time.monotonic()
+            await asyncio.sleep(window_start(self.period, now) + self.period - now)
+            await self.sweep(check, window_start(self.period))
+
+    async def sweep(self, check: Check, since: float) -> None:
+        """Check every due resource, accounts side by side, each account's in turn: the
+        first check of an account lists it, the rest reuse that list."""
+        by_account = _group(self.due(since), lambda t: t.account)
+        claims = _group(self._tracked.values(), lambda t: claim_key(t.spec))
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one_account(resources: list[Tracked]) -> None:
+            async with gate:
+                for tracked in resources:
+                    try:
+                        rivals = (t.claim for t in claims.get(claim_key(tracked.spec), ()))
+                        await check(tracked, rival_owner(rivals, tracked.claim), since)
+                    except Exception:  # one bad resource must not stop the sweep
+                        log.exception("Drift check of %s/%s failed", *tracked.key)
+
+        await asyncio.gather(*(one_account(group) for group in by_account.values()))
+        self.sweeps += 1
+
+
+def _group(items: Iterable[Tracked], key: Callable[[Tracked], T]) -> dict[T, list[Tracked]]:
+    groups: dict[T, list[Tracked]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return groups

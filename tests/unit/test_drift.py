@@ -1,0 +1,100 @@
+"""The drift sweep's bookkeeping: what is due, who owns what, one check per resource."""
+
+from typing import Any
+
+from thingspace_operator.drift import DriftSweep, Tracked, window_start
+from thingspace_operator.kube.claims import Claim
+
+PERIOD = 10.0
+
+
+def body(name: str, account: str = "0000000001-00001", service: str = "QoS", **meta: Any) -> dict:
+    return {
+        "metadata": {
+            "namespace": "iot",
+            "name": name,
+            "generation": 1,
+            "creationTimestamp": meta.pop("created", "2026-01-01T00:00:00Z"),
+            **meta,
+        },
+        "spec": {"accountName": account, "serviceName": service, "url": "https://x.example/"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_window_start_is_aligned_to_the_period() -> None:
+    assert window_start(PERIOD, now=1234.5) == 1230.0
+    assert window_start(PERIOD, now=1240.0) == 1240.0
+
+
+def test_tracked_holds_a_detached_copy() -> None:
+    raw = body("a")
+    tracked = Tracked.of(raw)
+    raw["spec"]["url"] = "https://changed.example/"
+    raw["status"]["conditions"].clear()
+    assert tracked.spec["url"] == "https://x.example/"
+    assert tracked.status["conditions"] == [{"type": "Ready", "status": "True"}]
+    assert tracked.key == ("iot", "a")
+    assert tracked.account == "0000000001-00001"
+
+
+def test_due_skips_deleting_and_recently_handled_resources() -> None:
+    sweep = DriftSweep(PERIOD)
+    sweep.track(body("idle"))
+    sweep.track(body("handled"))
+    sweep.track(body("deleting", deletionTimestamp="2026-01-02T00:00:00Z"))
+    sweep.handled("iot", "handled", at=100.0)
+    assert [t.name for t in sweep.due(105.0)] == ["idle"]
+    assert [t.name for t in sweep.due(110.0)] == ["idle", "handled"]
+
+
+def test_forget_drops_the_resource_and_its_bookkeeping() -> None:
+    sweep = DriftSweep(PERIOD)
+    sweep.track(body("a"))
+    sweep.handled("iot", "a", at=100.0)
+    sweep.forget("iot", "a")
+    assert len(sweep) == 0
+    sweep.track(body("a"))
+    assert [t.name for t in sweep.due(101.0)] == ["a"]  # a new resource is not "handled"
+
+
+def test_a_request_is_taken_once() -> None:
+    sweep = DriftSweep(PERIOD)
+    sweep.request(("iot", "a"), 120.0)
+    assert sweep.take_request(("iot", "a")) == 120.0
+    assert sweep.take_request(("iot", "a")) is None
+
+
+async def test_sweep_checks_each_due_resource_once_with_its_rival() -> None:
+    sweep = DriftSweep(PERIOD)
+    sweep.track(body("old", created="2026-01-01T00:00:00Z"))
+    sweep.track(body("young", created="2026-02-01T00:00:00Z"))
+    sweep.track(body("other", account="0000000002-00001"))
+    seen: dict[str, tuple[Claim | None, float]] = {}
+
+    async def check(tracked: Tracked, rival: Claim | None, since: float) -> None:
+        seen[tracked.name] = (rival, since)
+
+    await sweep.sweep(check, 200.0)
+    assert set(seen) == {"old", "young", "other"}
+    assert seen["old"] == (None, 200.0)
+    assert seen["other"] == (None, 200.0)
+    rival, _ = seen["young"]
+    assert rival is not None
+    assert rival.ref == "iot/old"
+    assert sweep.sweeps == 1
+
+
+async def test_one_failing_check_does_not_stop_the_sweep() -> None:
+    sweep = DriftSweep(PERIOD)
+    for name in ("a", "b", "c"):
+        sweep.track(body(name, service=f"Service{name}"))
+    checked = []
+
+    async def check(tracked: Tracked, rival: Claim | None, since: float) -> None:
+        checked.append(tracked.name)
+        if tracked.name == "a":
+            raise RuntimeError("boom")
+
+    await sweep.sweep(check, 0.0)
+    assert sorted(checked) == ["a", "b", "c"]
