@@ -37,6 +37,7 @@ chart: $(STAMP) $(HELM)
 
 ## bench: run the benchmarks (minutes) and write docs/benchmarks.md
 bench: $(STAMP)
+	$(BIN)/python -m compileall -q -o 2 $(VENV)/lib operator > /dev/null
 	$(BIN)/python -m bench.run
 
 ## schema: regenerate the chart's values.schema.json from values.yaml

@@ -132,6 +132,7 @@ class Harness:
             "THINGSPACE_HEALTH_PORT": str(free_port()),
             "THINGSPACE_METRICS_PORT": str(free_port()),
             "THINGSPACE_LOG_LEVEL": "WARNING",
+            "PYTHONOPTIMIZE": "2",  # as the image runs it (see the Dockerfile)
         }
         log = (self.workdir / "operator.log").open("w")
         self.process = await asyncio.create_subprocess_exec(

@@ -10,7 +10,9 @@ corrects it and writes status and Events. A check that finds nothing writes noth
 
 import asyncio
 import contextlib
+import json
 import logging
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -26,14 +28,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Tracked:
-    """What a drift check needs of one resource: its latest spec, status and claim."""
+    """What a drift check needs of one resource: its latest spec, status and claim.
+
+    Spec and status are kept as JSON text: parsed dicts would cost about three times the
+    memory, held for every resource, and a check parses them once per period.
+    """
 
     namespace: str
     name: str
     generation: int | None
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
     claim: Claim
+    registration: tuple[str, str] | None  # (account, service), as the claims index keys it
+    spec_json: str
+    status_json: str
 
     @property
     def key(self) -> Key:
@@ -41,29 +48,34 @@ class Tracked:
 
     @property
     def account(self) -> str:
-        return str(self.spec.get("accountName") or "")
+        return self.registration[0] if self.registration else ""
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(json.loads(self.spec_json))
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.status_json))
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> "Tracked":
         meta = body.get("metadata") or {}
-        namespace = str(meta.get("namespace") or "")
+        namespace = sys.intern(str(meta.get("namespace") or ""))
+        spec = body.get("spec") or {}
         return cls(
             namespace=namespace,
             name=str(meta.get("name")),
             generation=meta.get("generation"),
-            spec=_plain(body.get("spec") or {}),
-            status=_plain(body.get("status") or {}),
             claim=claim_of(meta, namespace),
+            registration=claim_key(spec),
+            spec_json=_json(spec),
+            status_json=_json(body.get("status") or {}),
         )
 
 
-def _plain(value: Any) -> Any:
-    """A detached copy, so holding it does not keep kopf's whole body alive."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), default=dict)
 
 
 def window_start(period: float, now: float | None = None) -> float:
@@ -144,14 +156,16 @@ class DriftSweep:
         """Check every due resource, accounts side by side, each account's in turn: the
         first check of an account lists it, the rest reuse that list."""
         by_account = _group(self.due(since), lambda t: t.account)
-        claims = _group(self._tracked.values(), lambda t: claim_key(t.spec))
+        claims = _group(self._tracked.values(), lambda t: t.registration)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one_account(resources: list[Tracked]) -> None:
             async with gate:
                 for tracked in resources:
                     try:
-                        rivals = (t.claim for t in claims.get(claim_key(tracked.spec), ()))
+                        rivals = [t.claim for t in claims.get(tracked.registration, ())]
+                        if tracked.registration is None:  # invalid spec: nothing to contest
+                            rivals = []
                         await check(tracked, rival_owner(rivals, tracked.claim), since)
                     except Exception:  # one bad resource must not stop the sweep
                         log.exception("Drift check of %s/%s failed", *tracked.key)

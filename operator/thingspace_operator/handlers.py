@@ -57,7 +57,7 @@ def build_registry(
             await runtime.close()
 
     @kopf.index(*resource, id="claims", registry=registry)
-    def claims(
+    async def claims(
         spec: Mapping[str, Any],
         meta: Mapping[str, Any],
         namespace: str | None,
@@ -72,7 +72,7 @@ def build_registry(
         return {key: claim_of(meta, namespace or "")}
 
     @kopf.index(*resource, id="secret_users", registry=registry)
-    def secret_users(
+    async def secret_users(
         spec: Mapping[str, Any], name: str, namespace: str | None, **_: Any
     ) -> dict[tuple[str, str], str] | None:
         return {(namespace or "", secret): name for secret in referenced_secrets(spec)} or None
@@ -131,7 +131,7 @@ def build_registry(
             patch.status["lastHandledReconcileAt"] = str(new)
 
     @kopf.on.event(*resource, registry=registry)
-    def track(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def track(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """Keep the drift sweep's view of every resource current."""
         sweep = memo["runtime"].sweep
         if type == "DELETED":
@@ -207,9 +207,10 @@ async def check_drift(
     """
     trigger = Trigger(not_before=since, drift_check=True, check_only=True)
     outcome = await reconciler.sync(tracked.namespace, tracked.spec, runtime, trigger, rival)
+    status = tracked.status
     refresh = runtime.config.sync_time_refresh_seconds
-    desired = desired_status(outcome, tracked.status, tracked.generation, False, refresh)
-    if outcome.correction_needed or changed_fields(tracked.status, desired):
+    desired = desired_status(outcome, status, tracked.generation, False, refresh)
+    if outcome.correction_needed or changed_fields(status, desired):
         runtime.sweep.request(tracked.key, since)
         await runtime.resources.request_reconcile(*tracked.key)
     else:
@@ -263,8 +264,12 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    # Resources wait on shared per-account lists and budgets, not on CPU: let many run.
-    settings.queueing.worker_limit = 1000
+    # Resources wait on shared per-account lists and budgets, not on CPU, so many run at
+    # once; but each in-flight resource holds a worker, a body and a connection, and kopf
+    # keeps an idle worker for idle_timeout. 500 workers released after 1 s converge as fast
+    # as 1000 kept for kopf's default 5 s, in less memory (docs/performance.md).
+    settings.queueing.worker_limit = 500
+    settings.queueing.idle_timeout = 1.0
     settings.posting.level = logging.INFO  # only our explicit Events are posted
     settings.execution.max_workers = 8
 

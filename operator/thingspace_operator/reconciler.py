@@ -7,6 +7,7 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 
 import asyncio
 import enum
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,7 +65,7 @@ class Runtime:
     resources: CallbackResources
     clients: ClientPool
     views: AccountViews
-    locks: dict[tuple[str, str], asyncio.Lock]
+    locks: "weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock]"
     secret_versions: SecretVersions
     metrics: Metrics
     sweep: DriftSweep
@@ -85,15 +86,19 @@ class Runtime:
             views=AccountViews(
                 config.max_concurrent_calls_per_account, config.max_calls_per_second_per_account
             ),
-            locks={},
+            locks=weakref.WeakValueDictionary(),
             secret_versions=SecretVersions(),
             metrics=metrics,
             sweep=DriftSweep(config.resync_seconds),
         )
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:
-        """One registration is changed by one reconcile at a time (handler vs timer)."""
-        return self.locks.setdefault((account, service), asyncio.Lock())
+        """One registration is changed by one reconcile at a time (handler vs drift check).
+        A lock lives only while someone holds or awaits it: none are kept per resource."""
+        lock = self.locks.get((account, service))
+        if lock is None:
+            lock = self.locks[(account, service)] = asyncio.Lock()
+        return lock
 
     async def close(self) -> None:
         await self.sweep.stop()
