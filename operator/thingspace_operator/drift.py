@@ -133,16 +133,18 @@ class DriftSweep:
         return len(self._tracked)
 
     def due(self, now: float) -> list[Tracked]:
-        """Resources to check now: not being deleted, not reconciled within a period.
+        """Resources to check now: not being deleted, and last reconciled by a handler at
+        least a period ago.
 
-        Skipping the recently reconciled keeps a burst of new resources from paying for
-        a second list per account while they converge.
+        kopf hands every resource to a create or resume handler first; until that has
+        run, the resource is the handler's, not the sweep's. Skipping the recently
+        reconciled keeps a burst of new resources from paying for a second list per
+        account, and a reconcile request each, while they converge.
         """
         return [
             tracked
             for key, tracked in self._tracked.items()
-            if not tracked.claim.deleting
-            and now - self._handled_at.get(key, float("-inf")) >= self.period
+            if not tracked.claim.deleting and now - self._handled_at.get(key, now) >= self.period
         ]
 
     async def run(self, check: Check) -> None:

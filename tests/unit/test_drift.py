@@ -38,14 +38,17 @@ def test_tracked_holds_a_detached_copy() -> None:
     assert tracked.account == "0000000001-00001"
 
 
-def test_due_skips_deleting_and_recently_handled_resources() -> None:
+def test_due_skips_deleting_new_and_recently_handled_resources() -> None:
     sweep = DriftSweep(PERIOD)
-    sweep.track(body("idle"))
-    sweep.track(body("handled"))
+    for name in ("early", "late", "new"):
+        sweep.track(body(name))
     sweep.track(body("deleting", deletionTimestamp="2026-01-02T00:00:00Z"))
-    sweep.handled("iot", "handled", at=100.0)
-    assert [t.name for t in sweep.due(105.0)] == ["idle"]
-    assert [t.name for t in sweep.due(110.0)] == ["idle", "handled"]
+    sweep.handled("iot", "early", at=90.0)
+    sweep.handled("iot", "late", at=100.0)
+    sweep.handled("iot", "deleting", at=0.0)
+    # "new" waits for its create handler; "late" was reconciled less than a period ago.
+    assert [t.name for t in sweep.due(105.0)] == ["early"]
+    assert [t.name for t in sweep.due(110.0)] == ["early", "late"]
 
 
 def test_forget_drops_the_resource_and_its_bookkeeping() -> None:
@@ -54,8 +57,8 @@ def test_forget_drops_the_resource_and_its_bookkeeping() -> None:
     sweep.handled("iot", "a", at=100.0)
     sweep.forget("iot", "a")
     assert len(sweep) == 0
-    sweep.track(body("a"))
-    assert [t.name for t in sweep.due(101.0)] == ["a"]  # a new resource is not "handled"
+    sweep.track(body("a"))  # created again: a new resource, its handler has not run
+    assert sweep.due(200.0) == []
 
 
 def test_a_request_is_taken_once() -> None:
@@ -70,6 +73,8 @@ async def test_sweep_checks_each_due_resource_once_with_its_rival() -> None:
     sweep.track(body("old", created="2026-01-01T00:00:00Z"))
     sweep.track(body("young", created="2026-02-01T00:00:00Z"))
     sweep.track(body("other", account="0000000002-00001"))
+    for name in ("old", "young", "other"):
+        sweep.handled("iot", name, at=0.0)
     seen: dict[str, tuple[Claim | None, float]] = {}
 
     async def check(tracked: Tracked, rival: Claim | None, since: float) -> None:
@@ -89,6 +94,7 @@ async def test_one_failing_check_does_not_stop_the_sweep() -> None:
     sweep = DriftSweep(PERIOD)
     for name in ("a", "b", "c"):
         sweep.track(body(name, service=f"Service{name}"))
+        sweep.handled("iot", name, at=-PERIOD)
     checked = []
 
     async def check(tracked: Tracked, rival: Claim | None, since: float) -> None:
