@@ -45,12 +45,17 @@ PORTS = {"metrics.port", "health.port"}
 
 
 def descriptions(text: str) -> dict[str, str]:
-    """Map dotted keys to the ``# --`` comment right above them."""
+    """Map dotted keys to the ``# --`` comment right above them (plain ``#`` lines right
+    after it continue it)."""
     found, stack, pending = {}, [], None
     for line in text.splitlines():
         comment = re.match(r"\s*# -- (.*)", line)
         if comment:
             pending = comment.group(1)
+            continue
+        more = re.match(r"\s*# (.*)", line)
+        if more and pending:
+            pending = f"{pending} {more.group(1)}"
             continue
         key = re.match(r"(\s*)([A-Za-z][\w]*):", line)
         if not key:

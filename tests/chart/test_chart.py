@@ -1,6 +1,7 @@
 """The Helm chart with a real helm binary; rendered manifests validated against the
 Kubernetes schemas (strict: unknown fields fail); the Dockerfile linted."""
 
+import json
 import os
 import re
 import subprocess
@@ -111,6 +112,13 @@ def test_values_schema_is_generated_from_values() -> None:
         str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tools" / "values_schema.py"), "--check"
     )
     assert result.returncode == 0, "run: python tools/values_schema.py"
+
+
+def test_schema_descriptions_span_continued_comment_lines() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    described = schema["properties"]["resources"]["description"]
+    assert described.startswith("Resources of the operator container. Measured peak memory")
+    assert described.endswith("(docs/benchmarks.md).")
 
 
 def test_chart_ships_exactly_the_crd_in_crds() -> None:
