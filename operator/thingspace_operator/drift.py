@@ -114,8 +114,8 @@ class DriftSweep:
         self._tracked[tracked.key] = tracked
 
     def forget(self, namespace: str, name: str) -> None:
-        self._tracked.pop((namespace, name), None)
-        self._handled_at.pop((namespace, name), None)
+        for bookkeeping in (self._tracked, self._handled_at, self._requested):
+            bookkeeping.pop((namespace, name), None)
 
     def handled(self, namespace: str, name: str, at: float | None = None) -> None:
         """A handler has just reconciled this resource against a fresh list."""

@@ -212,7 +212,12 @@ async def check_drift(
     desired = desired_status(outcome, status, tracked.generation, False, refresh)
     if outcome.correction_needed or changed_fields(status, desired):
         runtime.sweep.request(tracked.key, since)
-        await runtime.resources.request_reconcile(*tracked.key)
+        try:
+            await runtime.resources.request_reconcile(*tracked.key)
+        except Exception:
+            # Not asked after all: a later request by someone else must list afresh.
+            runtime.sweep.take_request(tracked.key)
+            raise
     else:
         runtime.metrics.observe_reconcile("drift_check", outcome.synced.reason, False)
 

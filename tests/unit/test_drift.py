@@ -68,6 +68,14 @@ def test_a_request_is_taken_once() -> None:
     assert sweep.take_request(("iot", "a")) is None
 
 
+def test_a_request_is_dropped_with_its_resource() -> None:
+    sweep = DriftSweep(PERIOD)
+    sweep.track(body("a"))
+    sweep.request(("iot", "a"), 120.0)
+    sweep.forget("iot", "a")
+    assert sweep.take_request(("iot", "a")) is None
+
+
 async def test_sweep_checks_each_due_resource_once_with_its_rival() -> None:
     sweep = DriftSweep(PERIOD)
     sweep.track(body("old", created="2026-01-01T00:00:00Z"))
