@@ -164,11 +164,11 @@ class DriftSweep:
         async def one_account(resources: list[Tracked]) -> None:
             async with gate:
                 for tracked in resources:
+                    # No registration (an invalid spec): nothing to contest.
+                    same = claims.get(tracked.registration, []) if tracked.registration else []
+                    rival = rival_owner((t.claim for t in same), tracked.claim)
                     try:
-                        rivals = [t.claim for t in claims.get(tracked.registration, ())]
-                        if tracked.registration is None:  # invalid spec: nothing to contest
-                            rivals = []
-                        await check(tracked, rival_owner(rivals, tracked.claim), since)
+                        await check(tracked, rival, since)
                     except Exception:  # one bad resource must not stop the sweep
                         log.exception("Drift check of %s/%s failed", *tracked.key)
 
