@@ -213,11 +213,13 @@ async def check_drift(
     if outcome.correction_needed or changed_fields(status, desired):
         runtime.sweep.request(tracked.key, since)
         try:
-            await runtime.resources.request_reconcile(*tracked.key)
+            exists = await runtime.resources.request_reconcile(*tracked.key)
         except Exception:
             # Not asked after all: a later request by someone else must list afresh.
             runtime.sweep.take_request(tracked.key)
             raise
+        if not exists:  # its deletion went unseen (a watch gap): stop checking it
+            runtime.sweep.forget(*tracked.key)
     else:
         runtime.metrics.observe_reconcile("drift_check", outcome.synced.reason, False)
 

@@ -197,3 +197,23 @@ async def test_drift_checks_that_find_nothing_write_nothing(
 
 def _calls(sim: SimulatorServer, endpoint: str) -> int:
     return sum(n for (name, _, _), n in sim.state.request_counts.items() if name == endpoint)
+
+
+async def test_a_resource_deleted_unseen_leaves_the_drift_checks(
+    start_operator: OperatorFactory, cluster: Cluster, sim
+) -> None:
+    await cluster.apply_secret("thingspace-credentials", DEMO)
+    runtime = await start_operator(resync_seconds=0.3)
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+    assert len(runtime.sweep) == 1
+
+    # The object vanishes without a watch event (as across a watch gap) and ThingSpace
+    # drifts: the next check asks for a reconcile, learns the object is gone, forgets it.
+    stored = cluster.k8s.objects._objects
+    del stored[next(key for key in stored if "qos-events" in key)]
+    await sim_send(
+        sim, "PUT", f"/_sim/registrations/{ACCOUNT}/QoS", {"url": "https://evil.example/"}
+    )
+    await eventually(lambda: len(runtime.sweep) == 0, what="forgotten by the sweep")
+    assert live(sim).url == "https://evil.example/"  # nothing written for a resource gone

@@ -13,11 +13,12 @@ class CallbackResources:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._api = kubernetes.client.CustomObjectsApi(api_client)
 
-    async def request_reconcile(self, namespace: str, name: str) -> None:
+    async def request_reconcile(self, namespace: str, name: str) -> bool:
         """Set the reconcile-now annotation, exactly as a user would to force a reconcile.
+        False: the resource no longer exists.
 
-        Used when a referenced Secret changes and when a contested registration is handed
-        over, so the resource reacts at once instead of at its next drift check.
+        Used when a referenced Secret changes, when a contested registration is handed
+        over, and when a drift check finds something to correct.
         """
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         body = {"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: stamp}}}
@@ -34,3 +35,5 @@ class CallbackResources:
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing left to reconcile
                 raise
+            return False
+        return True
