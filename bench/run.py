@@ -401,6 +401,8 @@ METHOD_NOTES = """
 - **S2 steady state**: a few drift periods with nothing changed: ThingSpace calls per period
   and Kubernetes writes per period.
 - **S3 drift**: 10 % of the registrations changed out of band; time until all are corrected.
+  Drift checks run at the start of each drift period, so this time is up to one period
+  plus the correction, depending on where in the period the change lands.
 - **S4 scale**: S1 and S2 at several N.
 - **Peer**: the official SDK registering the same N callbacks sequentially against the same
   simulator with the same latency.
