@@ -65,7 +65,7 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
 def run_operator(config: OperatorConfig) -> None:
     runtime = Runtime.create(config, kubernetes_api_client())
     configure_logging(config)
-    logs.install(runtime.identities, text=config.log_format == "text")
+    logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
     kopf.run(
         registry=build_registry(config),
         memo=kopf.Memo(runtime=runtime),

@@ -129,6 +129,11 @@ class DriftSweep:
     def take_request(self, key: Key) -> float | None:
         return self._requested.pop(key, None)
 
+    def registration_of(self, key: Key) -> tuple[str, str] | None:
+        """(account, service) of a known resource, for log lines."""
+        tracked = self._tracked.get(key)
+        return tracked.registration if tracked else None
+
     def __len__(self) -> int:
         return len(self._tracked)
 

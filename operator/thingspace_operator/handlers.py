@@ -61,14 +61,11 @@ def build_registry(
         spec: Mapping[str, Any],
         meta: Mapping[str, Any],
         namespace: str | None,
-        memo: kopf.Memo,
         **_: Any,
     ) -> dict[tuple[str, str], Claim] | None:
         key = claim_key(spec)
         if key is None:
             return None
-        runtime: Runtime = memo["runtime"]
-        runtime.identities[(namespace or "", str(meta.get("name")))] = key
         return {key: claim_of(meta, namespace or "")}
 
     @kopf.index(*resource, id="secret_users", registry=registry)
@@ -165,7 +162,6 @@ def build_registry(
             raise kopf.TemporaryError(outcome.synced.message, delay=backoff(retry, runtime.config))
         post_event(body, outcome, status)
         runtime.metrics.set_state(str(meta.get("uid")), None)
-        runtime.identities.pop((str(namespace), str(meta.get("name"))), None)
         if heir is not None:
             # Wake the next owner now instead of at its next drift check.
             await runtime.resources.request_reconcile(heir.namespace, heir.name)

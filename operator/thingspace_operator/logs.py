@@ -1,7 +1,10 @@
 """Log lines about a resource also name the account and service it registers."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+Key = tuple[str, str]  # (namespace, name)
+RegistrationOf = Callable[[Key], tuple[str, str] | None]  # -> (account, service)
 
 
 class RegistrationFilter(logging.Filter):
@@ -11,16 +14,16 @@ class RegistrationFilter(logging.Filter):
     every extra attribute as a field, and for text the two are appended to the message.
     """
 
-    def __init__(self, identities: Mapping[tuple[str, str], tuple[str, str]], text: bool) -> None:
+    def __init__(self, registration_of: RegistrationOf, text: bool) -> None:
         super().__init__()
-        self._identities = identities
+        self._registration_of = registration_of
         self._text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
         ref = getattr(record, "k8s_ref", None)
         if not isinstance(ref, Mapping) or hasattr(record, "account"):
             return True
-        identity = self._identities.get((str(ref.get("namespace")), str(ref.get("name"))))
+        identity = self._registration_of((str(ref.get("namespace")), str(ref.get("name"))))
         if identity is not None:
             record.account, record.service = identity
             if self._text:
@@ -28,8 +31,8 @@ class RegistrationFilter(logging.Filter):
         return True
 
 
-def install(identities: Mapping[tuple[str, str], tuple[str, str]], text: bool) -> None:
+def install(registration_of: RegistrationOf, text: bool) -> None:
     """Attach the filter to every handler of the root logger (where kopf logs)."""
-    registration_filter = RegistrationFilter(identities, text)
+    registration_filter = RegistrationFilter(registration_of, text)
     for handler in logging.getLogger().handlers:
         handler.addFilter(registration_filter)

@@ -9,7 +9,7 @@ import asyncio
 import enum
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,8 +70,6 @@ class Runtime:
     metrics: Metrics
     sweep: DriftSweep
     metrics_port: int = 0  # where /metrics is served, once started
-    #: (namespace, name) -> (account, service) of every known resource, for log lines.
-    identities: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
