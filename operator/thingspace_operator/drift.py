@@ -17,13 +17,12 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from .kube.claims import Claim, claim_key, claim_of, rival_owner
+from .kube.claims import Claim, claim_key, claim_of
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +84,7 @@ def window_start(period: float, now: float | None = None) -> float:
     return moment - (moment % period)
 
 
-Check = Callable[[Tracked, Claim | None, float], Awaitable[None]]
+Check = Callable[[Tracked, float], Awaitable[None]]
 
 
 class DriftSweep:
@@ -163,17 +162,13 @@ class DriftSweep:
         """Check every due resource, accounts side by side, each account's in turn: the
         first check of an account lists it, the rest reuse that list."""
         by_account = _group(self.due(since), lambda t: t.account)
-        claims = _group(self._tracked.values(), lambda t: t.registration)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one_account(resources: list[Tracked]) -> None:
             async with gate:
                 for tracked in resources:
-                    # No registration (an invalid spec): nothing to contest.
-                    same = claims.get(tracked.registration, []) if tracked.registration else []
-                    rival = rival_owner((t.claim for t in same), tracked.claim)
                     try:
-                        await check(tracked, rival, since)
+                        await check(tracked, since)
                     except Exception:  # one bad resource must not stop the sweep
                         log.exception("Drift check of %s/%s failed", *tracked.key)
 
@@ -181,8 +176,8 @@ class DriftSweep:
         self.sweeps += 1
 
 
-def _group(items: Iterable[Tracked], key: Callable[[Tracked], T]) -> dict[T, list[Tracked]]:
-    groups: dict[T, list[Tracked]] = defaultdict(list)
+def _group(items: Iterable[Tracked], key: Callable[[Tracked], str]) -> dict[str, list[Tracked]]:
+    groups: dict[str, list[Tracked]] = defaultdict(list)
     for item in items:
         groups[key(item)].append(item)
     return groups

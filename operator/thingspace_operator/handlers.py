@@ -42,13 +42,14 @@ def build_registry(
     kopf.on.login(registry=registry)(login)
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
         configure_kopf(settings, config)
         runtime: Runtime = memo["runtime"]
+        claims: ClaimsIndex = kwargs["claims"]
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
-        runtime.sweep.start(
-            lambda tracked, rival, since: check_drift(runtime, tracked, rival, since)
-        )
+        # kopf's index objects are live: the sweep decides ownership from the same claims
+        # the handlers see.
+        runtime.sweep.start(lambda tracked, since: check_drift(runtime, claims, tracked, since))
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -185,7 +186,7 @@ async def sync_and_report(
 ) -> Outcome:
     """The body of every sync handler: who owns it, sync, then status, Event and metrics."""
     runtime: Runtime = memo["runtime"]
-    rival = _rival(claims, spec, meta, namespace)
+    rival = _rival(claims, claim_key(spec), claim_of(meta, namespace or ""))
     outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
     runtime.sweep.handled(_namespaced(namespace), str(meta.get("name")))
     report(outcome, status, meta, patch, body, runtime=runtime, trigger=label)
@@ -193,7 +194,7 @@ async def sync_and_report(
 
 
 async def check_drift(
-    runtime: Runtime, tracked: Tracked, rival: Claim | None, since: float
+    runtime: Runtime, claims: ClaimsIndex, tracked: Tracked, since: float
 ) -> None:
     """One resource's periodic check: observe only; anything to write goes to a handler.
 
@@ -202,6 +203,7 @@ async def check_drift(
     Kubernetes write at all.
     """
     trigger = Trigger(not_before=since, drift_check=True, check_only=True)
+    rival = _rival(claims, tracked.registration, tracked.claim)
     outcome = await reconciler.sync(tracked.namespace, tracked.spec, runtime, trigger, rival)
     status = tracked.status
     refresh = runtime.config.sync_time_refresh_seconds
@@ -220,16 +222,11 @@ async def check_drift(
         runtime.metrics.observe_reconcile("drift_check", outcome.synced.reason, False)
 
 
-def _rival(
-    claims: ClaimsIndex,
-    spec: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    namespace: str | None,
-) -> Claim | None:
-    key = claim_key(spec)
+def _rival(claims: ClaimsIndex, key: tuple[str, str] | None, me: Claim) -> Claim | None:
+    """The older resource that owns the registration ``key`` instead of ``me``, if any."""
     if key is None or key not in claims:
         return None
-    return rival_owner(claims[key], claim_of(meta, namespace or ""))
+    return rival_owner(claims[key], me)
 
 
 def _ownership(

@@ -109,6 +109,9 @@ async def test_two_claims_on_one_registration_one_owner_no_flapping(
     await quiet_period(1.0)  # several drift periods: nobody fights
     assert await ctl.calls("register") == 1
     assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/first"
+    # The drift checks knew "second" is not the owner: none asked to reconcile it.
+    annotations = (cluster.callback("second", "other") or {})["metadata"].get("annotations", {})
+    assert RECONCILE_REQUESTED_ANNOTATION not in annotations
 
     await cluster.delete_callback("first")
     await eventually(lambda: ready(cluster, "second", "other"), timeout=5, what="takeover")

@@ -3,7 +3,7 @@
 from typing import Any
 
 from thingspace_operator.drift import DriftSweep, Tracked, window_start
-from thingspace_operator.kube.claims import Claim
+from thingspace_operator.handlers import _rival
 
 PERIOD = 10.0
 
@@ -20,6 +20,12 @@ def body(name: str, account: str = "0000000001-00001", service: str = "QoS", **m
         "spec": {"accountName": account, "serviceName": service, "url": "https://x.example/"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
+
+
+CONTESTED = [
+    body("old", created="2026-01-01T00:00:00Z"),
+    body("young", created="2026-02-01T00:00:00Z"),
+]
 
 
 def test_window_start_is_aligned_to_the_period() -> None:
@@ -76,26 +82,34 @@ def test_a_request_is_dropped_with_its_resource() -> None:
     assert sweep.take_request(("iot", "a")) is None
 
 
-async def test_sweep_checks_each_due_resource_once_with_its_rival() -> None:
+async def test_sweep_checks_each_due_resource_once() -> None:
     sweep = DriftSweep(PERIOD)
     sweep.track(body("old", created="2026-01-01T00:00:00Z"))
     sweep.track(body("young", created="2026-02-01T00:00:00Z"))
     sweep.track(body("other", account="0000000002-00001"))
     for name in ("old", "young", "other"):
         sweep.handled("iot", name, at=0.0)
-    seen: dict[str, tuple[Claim | None, float]] = {}
+    seen: list[tuple[str, float]] = []
 
-    async def check(tracked: Tracked, rival: Claim | None, since: float) -> None:
-        seen[tracked.name] = (rival, since)
+    async def check(tracked: Tracked, since: float) -> None:
+        seen.append((tracked.name, since))
 
     await sweep.sweep(check, 200.0)
-    assert set(seen) == {"old", "young", "other"}
-    assert seen["old"] == (None, 200.0)
-    assert seen["other"] == (None, 200.0)
-    rival, _ = seen["young"]
+    assert sorted(seen) == [("old", 200.0), ("other", 200.0), ("young", 200.0)]
+    assert sweep.sweeps == 1
+
+
+def test_drift_checks_take_ownership_from_the_claims_index() -> None:
+    """The sweep's checks and the handlers ask the same index who owns a registration."""
+    tracked = {t.name: t for t in map(Tracked.of, CONTESTED)}
+    index = {tracked["old"].registration: [t.claim for t in tracked.values()]}
+    assert _rival(index, tracked["old"].registration, tracked["old"].claim) is None
+    rival = _rival(index, tracked["young"].registration, tracked["young"].claim)
     assert rival is not None
     assert rival.ref == "iot/old"
-    assert sweep.sweeps == 1
+    other = Tracked.of(body("other", account="0000000002-00001"))
+    assert _rival(index, other.registration, other.claim) is None
+    assert _rival(index, None, other.claim) is None  # an invalid spec contests nothing
 
 
 async def test_one_failing_check_does_not_stop_the_sweep() -> None:
@@ -105,7 +119,7 @@ async def test_one_failing_check_does_not_stop_the_sweep() -> None:
         sweep.handled("iot", name, at=-PERIOD)
     checked = []
 
-    async def check(tracked: Tracked, rival: Claim | None, since: float) -> None:
+    async def check(tracked: Tracked, since: float) -> None:
         checked.append(tracked.name)
         if tracked.name == "a":
             raise RuntimeError("boom")
