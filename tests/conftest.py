@@ -12,6 +12,7 @@ import pytest
 from tests.harness.kube import KubernetesEmulator, emulated_kubernetes
 from tests.harness.operator import running_operator
 from thingspace_operator.config import OperatorConfig
+from thingspace_operator.kube.secretwatch import CREDENTIALS_LABEL
 from thingspace_operator.reconciler import Runtime
 from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
 
@@ -85,18 +86,29 @@ class Cluster:
             return await response.json()
 
     async def apply_secret(
-        self, name: str, data: dict[str, str], namespace: str = NAMESPACE
+        self,
+        name: str,
+        data: dict[str, str],
+        namespace: str = NAMESPACE,
+        labelled: bool | None = True,
     ) -> None:
+        """Create or change a Secret, labelled ``thingspace.io/credentials=true`` as the
+        README asks (``labelled=False``: label removed; None: labels left as they are)."""
         self.secret_values.update(v for k, v in data.items() if k in ("appSecret", "password"))
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+        metadata: dict[str, Any] = {"name": name}
+        if labelled is not None:
+            metadata["labels"] = {CREDENTIALS_LABEL: "true" if labelled else None}
         if self.secret(name, namespace) is None:
+            if not labelled:
+                metadata.pop("labels", None)
+            body = {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": encoded}
             await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", json=body)
         else:
             await self._request(
                 "PATCH",
                 f"/api/v1/namespaces/{namespace}/secrets/{name}",
-                json={"data": encoded},
+                json={"metadata": metadata, "data": encoded},
                 headers={"Content-Type": "application/merge-patch+json"},
             )
 

@@ -39,6 +39,13 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--resync-seconds", type=float, help="drift check period [THINGSPACE_RESYNC_SECONDS]"
     )
+    run.add_argument(
+        "--secret-watch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="watch Secrets labelled thingspace.io/credentials=true (default on) "
+        "[THINGSPACE_SECRET_WATCH]",
+    )
     run.add_argument("--health-port", type=int, help="liveness port [THINGSPACE_HEALTH_PORT]")
     run.add_argument("--metrics-port", type=int, help="metrics port [THINGSPACE_METRICS_PORT]")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [THINGSPACE_LOG_LEVEL]")
@@ -50,6 +57,7 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
         config = OperatorConfig.from_env(
             api_url=args.api_url,
             resync_seconds=args.resync_seconds,
+            secret_watch=args.secret_watch,
             health_port=args.health_port,
             metrics_port=args.metrics_port,
             log_level=args.log_level,

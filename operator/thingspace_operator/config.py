@@ -39,6 +39,11 @@ class OperatorConfig:
     """A drift check that finds nothing to do writes no status, except that lastSyncTime is
     refreshed when it is older than this."""
 
+    secret_watch: bool = True
+    """Watch Secrets labelled thingspace.io/credentials=true, so their changes apply at
+    once. Off: the operator needs only ``get`` on Secrets, and every change applies within
+    one drift period."""
+
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"
@@ -76,6 +81,12 @@ class OperatorConfig:
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"THINGSPACE_{name.upper()}={raw!r} is not true or false")
     try:
         return type(default)(raw)
     except ValueError:

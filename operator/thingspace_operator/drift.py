@@ -40,6 +40,9 @@ class Tracked:
     registration: tuple[str, str] | None  # (account, service), as the claims index keys it
     spec_json: str
     status_json: str
+    credentials_failed: bool = False
+    """Its last reconcile failed on its Secret: checked every period, so a Secret that is
+    created or fixed heals it within one period even when no watch reports it."""
 
     @property
     def key(self) -> Key:
@@ -70,7 +73,20 @@ class Tracked:
             registration=claim_key(spec),
             spec_json=_json(spec),
             status_json=_json(body.get("status") or {}),
+            credentials_failed=_synced_reason(body) in CREDENTIAL_FAILURES,
         )
+
+
+CREDENTIAL_FAILURES = frozenset(
+    {"CredentialsNotFound", "CredentialsInvalid", "AuthenticationFailed"}
+)
+
+
+def _synced_reason(body: Mapping[str, Any]) -> str:
+    for condition in (body.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == "Synced" and condition.get("status") == "False":
+            return str(condition.get("reason"))
+    return ""
 
 
 def _json(value: Mapping[str, Any]) -> str:
@@ -97,9 +113,11 @@ class DriftSweep:
         self._handled_at: dict[Key, float] = {}
         self._requested: dict[Key, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._before_each: Callable[[], None] | None = None
         self.sweeps = 0
 
-    def start(self, check: Check) -> None:
+    def start(self, check: Check, before_each: Callable[[], None] | None = None) -> None:
+        self._before_each = before_each
         self._task = asyncio.create_task(self.run(check), name="drift sweep")
 
     async def stop(self) -> None:
@@ -148,7 +166,8 @@ class DriftSweep:
         return [
             tracked
             for key, tracked in self._tracked.items()
-            if not tracked.claim.deleting and now - self._handled_at.get(key, now) >= self.period
+            if not tracked.claim.deleting
+            and (tracked.credentials_failed or now - self._handled_at.get(key, now) >= self.period)
         ]
 
     async def run(self, check: Check) -> None:
@@ -161,6 +180,8 @@ class DriftSweep:
     async def sweep(self, check: Check, since: float) -> None:
         """Check every due resource, accounts side by side, each account's in turn: the
         first check of an account lists it, the rest reuse that list."""
+        if self._before_each is not None:
+            self._before_each()
         by_account = _group(self.due(since), lambda t: t.account)
         gate = asyncio.Semaphore(self.concurrency)
 

@@ -19,6 +19,7 @@ from .config import OperatorConfig
 from .drift import Tracked
 from .kube.claims import Claim, claim_key, claim_of, rival_owner, successor
 from .kube.secrets import referenced_secrets
+from .kube.secretwatch import SecretEvent
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
 from .metrics import ResourceState
 from .model import FINALIZER, GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # kopf's own bookkeeping; kept apart from thingspace.io/ so user annotations there count.
 ANNOTATION_PREFIX = "kopf.thingspace.io"
 ClaimsIndex = kopf.Index[tuple[str, str], Claim]
+SecretUsers = kopf.Index[tuple[str, str], str]  # (namespace, Secret) -> resource names
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
 
 
@@ -46,10 +48,17 @@ def build_registry(
         configure_kopf(settings, config)
         runtime: Runtime = memo["runtime"]
         claims: ClaimsIndex = kwargs["claims"]
+        users: SecretUsers = kwargs["secret_users"]
+        await runtime.verify_crd_served()
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
+        if config.secret_watch:
+            runtime.start_secret_watch(lambda event: secret_changed(runtime, users, event))
         # kopf's index objects are live: the sweep decides ownership from the same claims
-        # the handlers see.
-        runtime.sweep.start(lambda tracked, since: check_drift(runtime, claims, tracked, since))
+        # the handlers see, and forgets the Secrets nobody references any longer.
+        runtime.sweep.start(
+            lambda tracked, since: check_drift(runtime, claims, tracked, since),
+            before_each=lambda: runtime.secrets.retain(users),
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -74,30 +83,6 @@ def build_registry(
         spec: Mapping[str, Any], name: str, namespace: str | None, **_: Any
     ) -> dict[tuple[str, str], str] | None:
         return {(namespace or "", secret): name for secret in referenced_secrets(spec)} or None
-
-    @kopf.on.event("v1", "secrets", registry=registry)
-    async def secret_changed(
-        type: str | None,
-        body: kopf.Body,
-        name: str,
-        namespace: str | None,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        """A referenced Secret was created, changed or deleted: reconcile its users now."""
-        runtime: Runtime = memo["runtime"]
-        key = (namespace or "", name)
-        users: kopf.Index[tuple[str, str], str] = kwargs["secret_users"]
-        data = None if type == "DELETED" else (body.get("data") or {})
-        if data is None:
-            runtime.secrets.forget(*key)
-        elif key in users or runtime.secrets.knows(*key):
-            version = str(body.get("metadata", {}).get("resourceVersion", ""))
-            runtime.secrets.remember(*key, version, data)
-        if not runtime.secret_versions.changed(key, data, initial=type is None):
-            return
-        for user in sorted(set(users.get(key, ()))):
-            await runtime.resources.request_reconcile(key[0], user)
 
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
@@ -168,6 +153,20 @@ def build_registry(
             await runtime.resources.request_reconcile(heir.namespace, heir.name)
 
     return registry
+
+
+async def secret_changed(runtime: Runtime, users: SecretUsers, event: SecretEvent) -> None:
+    """A labelled Secret was created, changed, deleted or unlabelled: keep the data of a
+    referenced one, and reconcile its users when its values changed."""
+    key = event.key
+    if event.data is None:
+        runtime.secrets.forget(*key)
+    elif key in users or runtime.secrets.knows(*key):
+        runtime.secrets.remember(*key, event.version, event.data, watched=True)
+    if not runtime.secret_versions.changed(key, event.data, initial=event.initial):
+        return
+    for user in sorted(set(users.get(key, ()))):
+        await runtime.resources.request_reconcile(key[0], user)
 
 
 async def sync_and_report(
@@ -271,6 +270,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.queueing.worker_limit = 500
     settings.queueing.idle_timeout = 1.0
     settings.posting.level = logging.INFO  # only our explicit Events are posted
+    # No watch of every CRD and namespace of the cluster (their bodies cost memory that
+    # grows with the cluster, and the RBAC to list them): the resource is found once by
+    # discovery at startup (verify_crd_served), the namespaces are the ones configured.
+    settings.scanning.disabled = True
     settings.execution.max_workers = 8
 
 

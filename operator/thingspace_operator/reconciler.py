@@ -13,16 +13,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import kopf
 from kubernetes.client import ApiClient
 
 from .config import OperatorConfig
 from .drift import DriftSweep
 from .kube.claims import Claim
+from .kube.connection import KubeConnection
 from .kube.resources import CallbackResources
 from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
+from .kube.secretwatch import LabelledSecretWatch, Listener
 from .kube.status import Condition
 from .metrics import Metrics
-from .model import CallbackSpec, InvalidSpec, ManagementPolicy
+from .model import GROUP, PLURAL, VERSION, CallbackSpec, InvalidSpec, ManagementPolicy
 from .plan import Action, DeleteReason, Drift, Ownership, plan_delete, plan_sync
 from .thingspace.accounts import AccountView, AccountViews
 from .thingspace.client import ClientPool
@@ -69,15 +72,18 @@ class Runtime:
     secret_versions: SecretVersions
     metrics: Metrics
     sweep: DriftSweep
+    connection: KubeConnection
     metrics_port: int = 0  # where /metrics is served, once started
+    secret_watch: LabelledSecretWatch | None = None
 
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
         metrics = Metrics()
         return cls(
             config=config,
-            secrets=SecretReader(api_client),
+            secrets=SecretReader(api_client, watching=config.secret_watch),
             resources=CallbackResources(api_client),
+            connection=KubeConnection(api_client.configuration),
             clients=ClientPool(
                 config.api_url, config.request_timeout_seconds, metrics.observe_call
             ),
@@ -98,8 +104,23 @@ class Runtime:
             lock = self.locks[(account, service)] = asyncio.Lock()
         return lock
 
+    def start_secret_watch(self, listener: Listener) -> None:
+        self.secret_watch = LabelledSecretWatch(self.connection, listener, self.config.namespaces)
+        self.secret_watch.start()
+
+    async def verify_crd_served(self) -> None:
+        """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the
+        resource up once and would otherwise wait silently for ever."""
+        if not await self.resources.served():
+            raise kopf.PermanentError(
+                f"The API server does not serve {PLURAL}.{GROUP}/{VERSION}: install the CRD "
+                "(crds/ or the Helm chart) before the operator"
+            )
+
     async def close(self) -> None:
         await self.sweep.stop()
+        if self.secret_watch is not None:
+            await self.secret_watch.stop()
         await self.clients.close()
         self.metrics.stop()
 
@@ -158,7 +179,7 @@ async def sync(
             return _suspended()
         if rival is not None:
             return _conflict(spec, rival)
-        desired, view = await _prepare(namespace, spec, runtime)
+        desired, view = await _prepare(namespace, spec, runtime, trigger.not_before)
         async with runtime.lock_for(spec.account_name, spec.service_name):
             return await _sync_locked(spec, desired, view, runtime, trigger)
     except Exception as exc:
@@ -166,20 +187,26 @@ async def sync(
 
 
 async def _prepare(
-    namespace: str, spec: CallbackSpec, runtime: Runtime
+    namespace: str, spec: CallbackSpec, runtime: Runtime, fresh_after: float | None
 ) -> tuple[Callback, AccountView]:
-    view = await _view_for(namespace, spec, runtime)
+    """Credentials and the account view. ``fresh_after``: Secrets not kept fresh by the
+    watch must have been read since then (a drift check or a requested reconcile)."""
+    view = await _view_for(namespace, spec, runtime, fresh_after)
     username = password = ""
     if spec.callback_credentials_secret:
         username, password = await runtime.secrets.callback_credentials(
-            namespace, spec.callback_credentials_secret
+            namespace, spec.callback_credentials_secret, fresh_after
         )
     desired = Callback(spec.account_name, spec.service_name, spec.url, username, password)
     return desired, view
 
 
-async def _view_for(namespace: str, spec: CallbackSpec, runtime: Runtime) -> AccountView:
-    credentials = await runtime.secrets.app_credentials(namespace, spec.credentials_secret)
+async def _view_for(
+    namespace: str, spec: CallbackSpec, runtime: Runtime, fresh_after: float | None = None
+) -> AccountView:
+    credentials = await runtime.secrets.app_credentials(
+        namespace, spec.credentials_secret, fresh_after
+    )
     client = runtime.clients.client_for(credentials)
     return runtime.views.view(client, spec.account_name)
 

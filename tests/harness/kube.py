@@ -154,15 +154,25 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         """
         since = str(request.params.get("resourceVersion") or "0")
         since_version = int(since) if since.isdigit() else 0
+        selected = label_selector(request.params.get("labelSelector"))
+        matching: set[tuple[str, str]] = set()  # objects this watch has reported as matching
         async for item in super()._serve_watch(request):
             if isinstance(item, dict) and item.get("type") == "ADDED":  # replays are ADDED
                 version = str(item.get("object", {}).get("metadata", {}).get("resourceVersion"))
                 if version.isdigit() and int(version) <= since_version:
+                    if selected(item.get("object") or {}):
+                        matching.add(_object_key(item["object"]))
+                    continue
+            if isinstance(item, dict) and item.get("object") is not None:
+                item = _as_selected(item, selected, matching)
+                if item is None:
                     continue
             yield item
 
     async def _serve_list(self, request: Any) -> Any:
         listing = await super()._serve_list(request)
+        selected = label_selector(request.params.get("labelSelector"))
+        listing["items"] = [item for item in listing.get("items") or () if selected(item)]
         listing["metadata"] = {"resourceVersion": str(self._last_resource_version)}
         info = self.resources.get(request.resource) if request.resource else None
         if info is not None and info.kind:
@@ -171,6 +181,51 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             listing["apiVersion"] = f"{group}/{version}" if group else version
             listing["kind"] = f"{info.kind}List"
         return listing
+
+
+def label_selector(expression: str | None) -> Any:
+    """A predicate for a label selector of equality terms (``k=v``, ``k!=v``, ``k``, ``!k``),
+    as a real API server applies it; kmock ignores selectors."""
+    terms = [term.strip() for term in (expression or "").split(",") if term.strip()]
+
+    def selected(obj: dict[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        for term in terms:
+            if "!=" in term:
+                key, value = term.split("!=", 1)
+                if labels.get(key) == value:
+                    return False
+            elif "=" in term:
+                key, value = term.replace("==", "=").split("=", 1)
+                if labels.get(key) != value:
+                    return False
+            elif term.startswith("!"):
+                if term[1:] in labels:
+                    return False
+            elif term not in labels:
+                return False
+        return True
+
+    return selected
+
+
+def _object_key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _as_selected(
+    event: dict[str, Any], selected: Any, matching: set[tuple[str, str]]
+) -> dict[str, Any] | None:
+    """The event a selecting watch sends: an object that stops matching is DELETED for it,
+    one that starts matching is ADDED, others are not sent at all."""
+    key = _object_key(event["object"])
+    was, now = key in matching, event.get("type") != "DELETED" and selected(event["object"])
+    if now:
+        matching.add(key)
+        return {**event, "type": "MODIFIED" if was else "ADDED"}
+    matching.discard(key)
+    return {**event, "type": "DELETED"} if was else None
 
 
 def encode_string_data(secret: dict[str, Any]) -> None:

@@ -13,6 +13,16 @@ class CallbackResources:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._api = kubernetes.client.CustomObjectsApi(api_client)
 
+    async def served(self) -> bool:
+        """Whether discovery lists the ThingSpaceCallback resource (no RBAC needed)."""
+        try:
+            found = await asyncio.to_thread(self._api.get_api_resources, GROUP, VERSION)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(resource.name == PLURAL for resource in found.resources or ())
+
     async def request_reconcile(self, namespace: str, name: str) -> bool:
         """Set the reconcile-now annotation, exactly as a user would to force a reconcile.
         False: the resource no longer exists.

@@ -1,5 +1,7 @@
 """Credential Secrets: read with the official ``kubernetes`` client, parse, never reveal.
 
+See kube/secretwatch.py for how changes reach the operator.
+
 Error messages name the Secret and the key, never a value.
 """
 
@@ -8,13 +10,16 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from ..thingspace.models import AppCredentials
 from ..thingspace.services import CALLBACK_CREDENTIAL_MAX_LENGTH
+from .secretwatch import CREDENTIALS_LABEL
 
 APP_CREDENTIAL_KEYS = ("appKey", "appSecret", "username", "password")
 CALLBACK_CREDENTIAL_KEYS = ("username", "password")
@@ -28,59 +33,111 @@ class CredentialsInvalid(Exception):
     """The Secret exists but a key is missing, empty, not UTF-8 or too long."""
 
 
-class SecretReader:
-    """Reads Secrets in the resource's namespace through the Kubernetes API.
+@dataclass(slots=True)
+class _Known:
+    version: str
+    data: dict[str, str | bytes]  # as the API serves it: base64
+    watched: bool  # kept fresh by the labelled-Secret watch
+    fetched_at: float  # monotonic time of the read (or watch event)
 
-    Secrets the operator has read are kept in memory and refreshed by the Secret watch
-    (``remember``/``forget``), so a reconcile costs no API read once a Secret is known.
+
+class SecretReader:
+    """Reads referenced Secrets in the resource's namespace through the Kubernetes API.
+
+    Only Secrets a ThingSpaceCallback references are ever read, each by a GET of its own.
+    What was read is kept in memory: a labelled Secret (``thingspace.io/credentials=true``)
+    is then kept fresh by the Secret watch, any other is read again when a reconcile asks
+    for data newer than its read (the drift check does, once per period).
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient, watching: bool = False) -> None:
         self._core = kubernetes.client.CoreV1Api(api_client)
-        self._known: dict[tuple[str, str], tuple[str, Mapping[str, str | bytes]]] = {}
+        self._known: dict[tuple[str, str], _Known] = {}
+        self._fetching: dict[tuple[str, str], asyncio.Future[_Known]] = {}
+        self.watching = watching
+        """Whether the labelled-Secret watch runs: only then is a labelled Secret fresh."""
 
     def knows(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self._known
 
+    def cached(self) -> set[tuple[str, str]]:
+        """The Secrets whose data the operator holds."""
+        return set(self._known)
+
     def remember(
-        self, namespace: str, name: str, version: str, data: Mapping[str, str | bytes]
+        self,
+        namespace: str,
+        name: str,
+        version: str,
+        data: Mapping[str, str | bytes],
+        watched: bool = False,
     ) -> None:
         """Keep the Secret's (encoded) data unless a newer version is already known."""
         known = self._known.get((namespace, name))
-        if known is None or not _older(version, known[0]):
-            self._known[(namespace, name)] = (version, dict(data))
+        if known is None or not _older(version, known.version):
+            self._known[(namespace, name)] = _Known(version, dict(data), watched, time.monotonic())
 
     def forget(self, namespace: str, name: str) -> None:
         self._known.pop((namespace, name), None)
 
-    async def read(self, namespace: str, name: str) -> dict[str, str]:
-        """The Secret's data, decoded; raises ``CredentialsNotFound`` if it is absent."""
-        known = self._known.get((namespace, name))
-        if known is None:
-            known = await self._fetch(namespace, name)
-        return decode_secret_data(known[1], f"{namespace}/{name}")
+    def retain(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Drop every Secret not in ``keys`` (those no resource references any longer)."""
+        keep = set(keys)
+        for key in set(self._known) - keep:
+            del self._known[key]
 
-    async def _fetch(self, namespace: str, name: str) -> tuple[str, Mapping[str, str | bytes]]:
+    async def read(
+        self, namespace: str, name: str, fresh_after: float | None = None
+    ) -> dict[str, str]:
+        """The Secret's data, decoded; raises ``CredentialsNotFound`` if it is absent.
+
+        ``fresh_after`` (monotonic time): an unwatched Secret read before then is read again.
+        """
+        known = self._known.get((namespace, name))
+        if known is None or not (
+            known.watched or fresh_after is None or known.fetched_at >= fresh_after
+        ):
+            known = await self._fetch_once(namespace, name)
+        return decode_secret_data(known.data, f"{namespace}/{name}")
+
+    async def _fetch_once(self, namespace: str, name: str) -> _Known:
+        """One GET at a time per Secret: a thousand resources sharing one cost one read."""
+        key = (namespace, name)
+        pending = self._fetching.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(namespace, name))
+            self._fetching[key] = pending
+            pending.add_done_callback(lambda _: self._fetching.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, namespace: str, name: str) -> _Known:
         try:
             secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
+                self.forget(namespace, name)
                 raise CredentialsNotFound(f"Secret {namespace}/{name} not found") from None
             if exc.status == 403:
                 raise CredentialsNotFound(
                     f"the operator may not read Secret {namespace}/{name} (HTTP 403)"
                 ) from None
             raise
-        version = str(secret.metadata.resource_version or "") if secret.metadata else ""
-        self.remember(namespace, name, version, secret.data or {})
+        meta = secret.metadata
+        version = str(meta.resource_version or "") if meta else ""
+        labelled = bool(meta and (meta.labels or {}).get(CREDENTIALS_LABEL) == "true")
+        self.remember(namespace, name, version, secret.data or {}, self.watching and labelled)
         return self._known[(namespace, name)]
 
-    async def app_credentials(self, namespace: str, name: str) -> AppCredentials:
-        data = await self.read(namespace, name)
+    async def app_credentials(
+        self, namespace: str, name: str, fresh_after: float | None = None
+    ) -> AppCredentials:
+        data = await self.read(namespace, name, fresh_after)
         return app_credentials_from(data, f"{namespace}/{name}")
 
-    async def callback_credentials(self, namespace: str, name: str) -> tuple[str, str]:
-        data = await self.read(namespace, name)
+    async def callback_credentials(
+        self, namespace: str, name: str, fresh_after: float | None = None
+    ) -> tuple[str, str]:
+        data = await self.read(namespace, name, fresh_after)
         return callback_credentials_from(data, f"{namespace}/{name}")
 
 
