@@ -9,6 +9,7 @@ docs/benchmarks.md for what each scenario measures and its lower bound.
 
 import argparse
 import asyncio
+import base64
 import datetime
 import os
 import platform
@@ -44,6 +45,7 @@ class Result:
     n: int
     accounts: int
     figures: dict[str, Any] = field(default_factory=dict)
+    unrelated: int = 0  # unrelated Secrets in the cluster (S5)
 
 
 def account_names(count: int) -> list[str]:
@@ -87,7 +89,10 @@ class Harness:
                 {
                     "apiVersion": "v1",
                     "kind": "Secret",
-                    "metadata": {"name": "thingspace-credentials"},
+                    "metadata": {
+                        "name": "thingspace-credentials",
+                        "labels": {"thingspace.io/credentials": "true"},
+                    },
                     "stringData": CREDENTIALS,
                 },
             )
@@ -111,6 +116,31 @@ class Harness:
                     )
 
             await asyncio.gather(*(one(i, *item) for i, item in enumerate(items)))
+
+    async def create_unrelated_secrets(self, count: int, size: int, namespaces: int) -> None:
+        """What every real cluster holds besides: Helm release records and the like."""
+        payload = base64.b64encode(os.urandom(size)).decode()
+        limit = asyncio.Semaphore(16)
+        async with aiohttp.ClientSession() as http:
+
+            async def one(index: int) -> None:
+                async with limit:
+                    await self.post(
+                        http,
+                        f"/api/v1/namespaces/team-{index % namespaces}/secrets",
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Secret",
+                            "type": "helm.sh/release.v1",
+                            "metadata": {
+                                "name": f"sh.helm.release.v1.app-{index}.v1",
+                                "labels": {"owner": "helm", "name": f"app-{index}"},
+                            },
+                            "data": {"release": payload},
+                        },
+                    )
+
+            await asyncio.gather(*(one(i) for i in range(count)))
 
     def ready_count(self) -> int:
         count = 0
@@ -192,14 +222,34 @@ async def wait_for(predicate: Any, limit: float) -> float:
     return time.monotonic() - started
 
 
+@dataclass(frozen=True)
+class Unrelated:
+    """Secrets no resource references, created before the operator starts (S5)."""
+
+    count: int = 0
+    size: int = 0
+    namespaces: int = 1
+
+
 async def scenario(
-    n: int, accounts: int, latency: float, resync: float, periods: int, drift: bool, workdir: Path
+    n: int,
+    accounts: int,
+    latency: float,
+    resync: float,
+    periods: int,
+    drift: bool,
+    workdir: Path,
+    unrelated: Unrelated = Unrelated(),
 ) -> Result:
     result = Result(n, accounts)
     items = declared(n, accounts)
     config = SimulatorConfig(latency_seconds=latency)
     async with SimulatorServer(config) as sim, emulated_kubernetes() as kube:
         harness = Harness(sim, kube, workdir)
+        if unrelated.count:
+            await harness.create_unrelated_secrets(
+                unrelated.count, unrelated.size, unrelated.namespaces
+            )
         await harness.start_operator(resync)
         try:
             await wait_for(lambda: kube.verb_counts is not None, 30)  # operator is watching
@@ -217,6 +267,7 @@ async def scenario(
                 "calls": calls,
                 "calls_total": sum(calls.values()),
                 "lower_bound": bound,
+                "kube_writes": harness.kube_writes(),
                 "kube_requests_per_resource": {k: v / n for k, v in sorted(requests.items())},
             }
             # S2: nothing changes for a few drift periods.
@@ -324,7 +375,7 @@ def render(results: list[Result], peer_figures: dict[str, Any], args: argparse.N
         "| S2 calls/period | S2 bound | S2 k8s writes/period | peak RSS (MB) | CPU (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in (r for r in results if not r.unrelated):
         s1, s2, p = r.figures["S1"], r.figures["S2"], r.figures["process"]
         lines.append(
             f"| {r.n} | {r.accounts} | {s1['converge_seconds']:.1f} | {s1['calls_total']} "
@@ -334,7 +385,7 @@ def render(results: list[Result], peer_figures: dict[str, Any], args: argparse.N
             f"| {p['cpu_seconds']:.1f} |"
         )
     lines += ["", "S1 ThingSpace calls by endpoint and Kubernetes requests per resource:", ""]
-    for r in results:
+    for r in (r for r in results if not r.unrelated):
         s1 = r.figures["S1"]
         kube = ", ".join(f"{k} {v:.1f}" for k, v in s1["kube_requests_per_resource"].items())
         lines.append(f"- N={r.n}: {s1['calls']}; Kubernetes per resource: {kube}")
@@ -351,8 +402,9 @@ def render(results: list[Result], peer_figures: dict[str, Any], args: argparse.N
                 f"| {r.n} | {s3['changed']} | {s3['correct_seconds']:.1f} "
                 f"| {s3['register_calls']} | {sum(s3['calls'].values())} |"
             )
+    lines += render_s5(results, args)
     if peer_figures:
-        base = next(r for r in results if r.n == peer_figures["n"])
+        base = next(r for r in results if r.n == peer_figures["n"] and not r.unrelated)
         ratio = base.figures["S1"]["converge_seconds"] / peer_figures["seconds"]
         lines += [
             "",
@@ -364,6 +416,39 @@ def render(results: list[Result], peer_figures: dict[str, Any], args: argparse.N
             f"(ratio operator/SDK {ratio:.2f}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def render_s5(results: list[Result], args: argparse.Namespace) -> list[str]:
+    """S5: the same fleet with and without a cluster full of unrelated Secrets."""
+    crowded = next((r for r in results if r.unrelated), None)
+    if crowded is None:
+        return []
+    plain = next(r for r in results if r.n == crowded.n and not r.unrelated)
+    rows = []
+    for label, r in (("without", plain), (f"with {crowded.unrelated}", crowded)):
+        s1, p = r.figures["S1"], r.figures["process"]
+        rows.append(
+            f"| {label} | {s1['converge_seconds']:.1f} | {s1['calls_total']} "
+            f"| {s1['kube_writes']} | {p['peak_rss_mb']:.0f} |"
+        )
+    ps, cs = plain.figures, crowded.figures
+    return [
+        "",
+        f"S5 crowded cluster, N={crowded.n}: {crowded.unrelated} unrelated Secrets of "
+        f"{args.s5_size // 1024} KiB in {args.s5_namespaces} namespaces, created before the "
+        "operator starts. Targets: peak RSS within 10 MB, the same calls and writes, converge "
+        "at most 1 s slower.",
+        "",
+        "| unrelated Secrets | S1 converge (s) | ThingSpace calls | Kubernetes writes "
+        "| peak RSS (MB) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Difference: peak RSS {cs['process']['peak_rss_mb'] - ps['process']['peak_rss_mb']:+.1f} "
+        f"MB, converge {cs['S1']['converge_seconds'] - ps['S1']['converge_seconds']:+.1f} s, "
+        f"ThingSpace calls {cs['S1']['calls_total'] - ps['S1']['calls_total']:+d}, "
+        f"Kubernetes writes {cs['S1']['kube_writes'] - ps['S1']['kube_writes']:+d}.",
+    ]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -384,6 +469,21 @@ async def main(args: argparse.Namespace) -> None:
                 workdir=workdir,
             )
         )
+    if args.s5_secrets:
+        accounts = accounts_for(args.n, args.accounts)
+        print(f"scenario S5 N={args.n} with {args.s5_secrets} unrelated Secrets ...", flush=True)
+        crowded = await scenario(
+            args.n,
+            accounts,
+            args.latency,
+            args.resync,
+            args.periods,
+            drift=False,
+            workdir=workdir,
+            unrelated=Unrelated(args.s5_secrets, args.s5_size, args.s5_namespaces),
+        )
+        crowded.unrelated = args.s5_secrets
+        results.append(crowded)
     peer_figures = await peer(args.n, accounts_for(args.n, args.accounts), args.latency)
     peer_figures["n"] = args.n
     report = render(results, peer_figures, args)
@@ -404,6 +504,9 @@ METHOD_NOTES = """
   Drift checks run at the start of each drift period, so this time is up to one period
   plus the correction, depending on where in the period the change lands.
 - **S4 scale**: S1 and S2 at several N.
+- **S5 crowded cluster**: S1 and S2 at N again, in a cluster that also holds thousands of
+  large Secrets no resource references (Helm release records), created before the operator
+  starts; compared with the same run without them.
 - **Peer**: the official SDK registering the same N callbacks sequentially against the same
   simulator with the same latency.
 
@@ -427,6 +530,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=0.025)
     parser.add_argument("--resync", type=float, default=10.0)
     parser.add_argument("--periods", type=int, default=3)
+    parser.add_argument("--s5-secrets", type=int, default=2000, help="unrelated Secrets (S5)")
+    parser.add_argument("--s5-size", type=int, default=256 * 1024, help="bytes each (S5)")
+    parser.add_argument("--s5-namespaces", type=int, default=50)
     parser.add_argument("--no-write", dest="write", action="store_false")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no docs written")
     args = parser.parse_args(argv)
@@ -439,6 +545,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             2,
             False,
         )
+        args.s5_secrets, args.s5_size, args.s5_namespaces = 10, 4096, 3
     if args.n not in args.scales:
         args.scales = sorted({*args.scales, args.n})
     return args

@@ -146,23 +146,12 @@ NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
-DISCOVERY_RULES = [
-    {
-        "apiGroups": ["apiextensions.k8s.io"],
-        "resources": ["customresourcedefinitions"],
-        "verbs": ["list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-]
 
 
 def test_cluster_wide_rbac_is_least_privilege() -> None:
     docs = render()
     roles = {doc["metadata"]["name"]: doc["rules"] for doc in by_kind(docs, "ClusterRole")}
-    assert roles == {
-        "tso-thingspace-operator": NAMESPACED_RULES,
-        "tso-thingspace-operator-discovery": DISCOVERY_RULES,
-    }
+    assert roles == {"tso-thingspace-operator": NAMESPACED_RULES}
     assert by_kind(docs, "Role") == []
     assert (
         "--all-namespaces" in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -176,11 +165,21 @@ def test_namespaced_mode_uses_roles_per_namespace() -> None:
     assert all(r["rules"] == NAMESPACED_RULES for r in roles)
     bindings = by_kind(docs, "RoleBinding")
     assert all(b["subjects"][0]["namespace"] == "ops" for b in bindings)
-    assert [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")] == [
-        "tso-thingspace-operator-discovery"
-    ]
+    assert by_kind(docs, "ClusterRole") == []  # nothing cluster-wide in namespaced mode
     args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_without_the_secret_watch_only_get_on_secrets_is_granted() -> None:
+    for docs, kind in (
+        (render("--set", "secretWatch.enabled=false"), "ClusterRole"),
+        (render(*NAMESPACED, "--set", "secretWatch.enabled=false"), "Role"),
+    ):
+        for role in by_kind(docs, kind):
+            secrets = [rule for rule in role["rules"] if rule["resources"] == ["secrets"]]
+            assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+        env = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "THINGSPACE_SECRET_WATCH", "value": "false"} in env
 
 
 def test_deployment_is_safe_by_default() -> None:

@@ -52,6 +52,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     _in_flight: dict[int, Any] | None = None
     #: Requests served, by (HTTP method, subresource or ""), for benchmarks.
     verb_counts: Counter[tuple[str, str]] | None = None
+    #: Every request about Secrets: (method, namespace, name, query), to prove which
+    #: Secrets the operator asked for.
+    secret_requests: list[tuple[str, str | None, str | None, dict[str, str]]] | None = None
 
     def _next_resource_version(self) -> str:
         self._last_resource_version += 1
@@ -61,7 +64,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         # kmock matches every request against every request it recorded (quadratic cost
         # that stalls a run with thousands of requests); keep only those still in flight.
         counts = self.verb_counts = self.verb_counts if self.verb_counts is not None else Counter()
-        counts[(str(request.method).upper().rsplit(".", 1)[-1], request.subresource or "")] += 1
+        method = str(request.method).upper().rsplit(".", 1)[-1]
+        counts[(method, request.subresource or "")] += 1
+        if request.resource is not None and request.resource.plural == "secrets":
+            log = self.secret_requests = self.secret_requests or []
+            log.append((method, request.namespace, request.name, dict(request.params)))
         in_flight = self._in_flight = self._in_flight or {}
         in_flight[id(request)] = request
         self._requests[:] = [r for r in self._requests if id(r) in in_flight]

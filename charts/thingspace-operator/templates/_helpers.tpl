@@ -43,9 +43,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["thingspace.io"]
   resources: ["thingspacecallbacks/status"]
   verbs: ["get", "patch"]
+{{- if .Values.secretWatch.enabled }}
+# get: referenced Secrets, each by name; list/watch: only with the label selector
+# thingspace.io/credentials=true (RBAC cannot restrict by label; the operator never asks
+# for other Secrets).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
+{{- else }}
+# get: referenced Secrets, each by name, re-read once per drift period.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
