@@ -113,10 +113,10 @@ class DriftSweep:
         self._handled_at: dict[Key, float] = {}
         self._requested: dict[Key, float] = {}
         self._task: asyncio.Task[None] | None = None
-        self._before_each: Callable[[], None] | None = None
+        self._before_each: Callable[[], Awaitable[None]] | None = None
         self.sweeps = 0
 
-    def start(self, check: Check, before_each: Callable[[], None] | None = None) -> None:
+    def start(self, check: Check, before_each: Callable[[], Awaitable[None]] | None = None) -> None:
         self._before_each = before_each
         self._task = asyncio.create_task(self.run(check), name="drift sweep")
 
@@ -181,7 +181,10 @@ class DriftSweep:
         """Check every due resource, accounts side by side, each account's in turn: the
         first check of an account lists it, the rest reuse that list."""
         if self._before_each is not None:
-            self._before_each()
+            try:
+                await self._before_each()
+            except Exception:
+                log.exception("Preparing the drift sweep failed")
         by_account = _group(self.due(since), lambda t: t.account)
         gate = asyncio.Semaphore(self.concurrency)
 

@@ -4,6 +4,7 @@ No ThingSpace or Secret logic lives here. ``build_registry`` binds the handlers 
 configuration, so tests and the CLI each get a registry with their own settings.
 """
 
+import asyncio
 import datetime
 import logging
 import random
@@ -57,7 +58,7 @@ def build_registry(
         # the handlers see, and forgets the Secrets nobody references any longer.
         runtime.sweep.start(
             lambda tracked, since: check_drift(runtime, claims, tracked, since),
-            before_each=lambda: runtime.secrets.retain(users),
+            before_each=lambda: refresh_unwatched_secrets(runtime, users),
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -167,6 +168,27 @@ async def secret_changed(runtime: Runtime, users: SecretUsers, event: SecretEven
         return
     for user in sorted(set(users.get(key, ()))):
         await runtime.resources.request_reconcile(key[0], user)
+
+
+async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> None:
+    """Once per drift period, before the checks: forget the Secrets nobody references any
+    longer, read again those no watch keeps fresh, and reconcile the users of any that
+    changed. An unlabelled Secret's change so applies within one period."""
+    runtime.secrets.retain(users)
+    gate = asyncio.Semaphore(16)
+
+    async def refresh(key: tuple[str, str]) -> None:
+        async with gate:
+            try:
+                changed = await runtime.secrets.refresh(*key)
+            except Exception as exc:  # the API server is down: try again next period
+                log.warning("Could not read Secret %s/%s again: %s", *key, type(exc).__name__)
+                return
+        if changed:
+            for user in sorted(set(users.get(key, ()))):
+                await runtime.resources.request_reconcile(key[0], user)
+
+    await asyncio.gather(*(refresh(key) for key in runtime.secrets.unwatched()))
 
 
 async def sync_and_report(

@@ -80,6 +80,19 @@ class SecretReader:
     def forget(self, namespace: str, name: str) -> None:
         self._known.pop((namespace, name), None)
 
+    def unwatched(self) -> list[tuple[str, str]]:
+        """Known Secrets no watch keeps fresh."""
+        return [key for key, known in self._known.items() if not known.watched]
+
+    async def refresh(self, namespace: str, name: str) -> bool:
+        """Read the Secret again; True if its data changed or it is gone."""
+        before = self._known.get((namespace, name))
+        try:
+            after = await self._fetch_once(namespace, name)
+        except CredentialsNotFound:
+            return before is not None
+        return before is None or before.data != after.data
+
     def retain(self, keys: Iterable[tuple[str, str]]) -> None:
         """Drop every Secret not in ``keys`` (those no resource references any longer)."""
         keep = set(keys)
