@@ -136,15 +136,15 @@ NAMESPACED_RULES = [
     {
         "apiGroups": ["thingspace.io"],
         "resources": ["thingspacecallbacks"],
-        "verbs": ["get", "list", "watch", "patch"],
+        "verbs": ["list", "watch", "patch"],
     },
     {
         "apiGroups": ["thingspace.io"],
         "resources": ["thingspacecallbacks/status"],
-        "verbs": ["get", "patch"],
+        "verbs": ["patch"],
     },
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 
 

@@ -151,7 +151,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         ):
             found = self.objects._objects.get((request.resource, request.namespace, request.name))
             return [found] if found is not None else []
-        return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+        found = super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+        # Select before anything is serialised, as a real server does: a selecting list in a
+        # cluster of large Secrets must not cost the emulator their whole size.
+        selected = label_selector(request.params.get("labelSelector"))
+        return [obj for obj in found if obj.deleted or selected(obj.raw)]
 
     async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
         """Like a real server, send only what changed after the listed resourceVersion.

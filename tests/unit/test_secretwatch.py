@@ -122,3 +122,26 @@ def test_secret_watch_setting_parses_booleans() -> None:
     assert OperatorConfig.from_env({"THINGSPACE_SECRET_WATCH": "True"}).secret_watch is True
     with pytest.raises(ValueError, match="THINGSPACE_SECRET_WATCH"):
         OperatorConfig.from_env({"THINGSPACE_SECRET_WATCH": "maybe"})
+
+
+def test_connection_authenticates_as_the_kubernetes_client(tmp_path) -> None:
+    """The watch sends the kubeconfig's token exactly as the official client does (the
+    emulated API server checks none: a real one answered 403 to a missing header)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "the-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=configuration)
+    connection = KubeConnection(configuration)
+    assert connection.headers()["authorization"] == "Bearer the-token"
+    assert connection.url("/api/v1/secrets") == "https://127.0.0.1:6443/api/v1/secrets"

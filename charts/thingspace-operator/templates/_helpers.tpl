@@ -37,12 +37,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Rules for the namespaced objects the operator works with. */}}
 {{- define "thingspace-operator.namespacedRules" -}}
+# Exactly what the operator uses: tests/e2e compares these grants with the API server's
+# audit log, and a grant nobody uses fails it.
 - apiGroups: ["thingspace.io"]
   resources: ["thingspacecallbacks"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["thingspace.io"]
   resources: ["thingspacecallbacks/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 {{- if .Values.secretWatch.enabled }}
 # get: referenced Secrets, each by name; list/watch: only with the label selector
 # thingspace.io/credentials=true (RBAC cannot restrict by label; the operator never asks
@@ -56,7 +58,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   resources: ["secrets"]
   verbs: ["get"]
 {{- end }}
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}

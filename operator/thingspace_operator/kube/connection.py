@@ -31,18 +31,12 @@ class KubeConnection:
         return context
 
     def headers(self) -> dict[str, str]:
-        """Authorization as of now: in-cluster and exec credentials rotate."""
-        config = self._configuration
-        if config.refresh_api_key_hook is not None:
-            config.refresh_api_key_hook(config)
-        token = config.get_api_key_with_prefix("authorization")
+        """Authorization as the ``kubernetes`` client sends it now (in-cluster and exec
+        credentials rotate; the client's own settings refresh them)."""
         headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = token
-        elif config.username or config.password:
-            headers["Authorization"] = aiohttp.BasicAuth(
-                config.username or "", config.password or ""
-            ).encode()
+        for setting in self._configuration.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"])] = str(setting["value"])
         return headers
 
     def url(self, path: str) -> str:

@@ -1,0 +1,83 @@
+"""The real API server enforces the CRD: every invalid spec of the unit suite's table is
+refused by `kubectl apply` with the expected message, CEL keeps accountName and
+serviceName immutable, and every example in examples/ is accepted."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import Release, apply, unique
+from tests.e2e.controlplane import ControlPlane
+from tests.unit.test_crd import ABSENT, BAD_VALUES, EXAMPLES, GOOD, edited
+
+#: What the API server says for each kind of schema violation.
+MESSAGES = {
+    "required": "Required value",
+    "pattern": "should match",
+    "enum": "Unsupported value",
+    "maxLength": "Too long",
+    "type": "must be of type",
+}
+SPEC_CASES = [case for case in BAD_VALUES if str(case.values[0]).startswith("spec")]
+
+
+@pytest.fixture(scope="module")
+def namespace(plane: ControlPlane) -> Iterator[str]:
+    """A namespace, with the CRD installed from the chart if no earlier test did."""
+    release = Release(plane, unique("crd-system"), name=unique("tso"))
+    release.install("--set", "secretWatch.enabled=false")
+    name = unique("crd")
+    plane.kubectl("create", "namespace", name)
+    yield name
+    release.uninstall()
+
+
+def manifest(namespace: str, **edits: Any) -> dict[str, Any]:
+    obj = edited(GOOD, edits)
+    obj.pop("status")
+    obj["metadata"] = {"name": unique("cb"), "namespace": namespace}
+    return obj
+
+
+def test_enough_cases_are_checked() -> None:
+    assert len(SPEC_CASES) >= 15
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), SPEC_CASES)
+def test_invalid_spec_is_rejected_with_its_reason(
+    plane: ControlPlane, namespace: str, field: str, value: Any, reason: str
+) -> None:
+    done = apply(plane, manifest(namespace, **{field: value}), check=False)
+    assert done.returncode != 0, f"accepted: {field}={value!r}"
+    kind = "required" if value is ABSENT else reason.split(": ", 1)[1]
+    assert MESSAGES[kind] in done.stderr, done.stderr
+    assert field in done.stderr, done.stderr  # the server names the field
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("spec.accountName", "0000999999-00001"), ("spec.serviceName", "CarrierService")],
+)
+def test_identity_is_immutable(plane: ControlPlane, namespace: str, field: str, value: str) -> None:
+    obj = manifest(namespace)
+    apply(plane, obj)
+    done = apply(plane, edited(obj, {field: value}), check=False)
+    assert done.returncode != 0
+    assert f"{field.split('.')[-1]} is immutable" in done.stderr, done.stderr
+
+
+def test_every_example_is_accepted(plane: ControlPlane, namespace: str) -> None:
+    documents = [
+        doc
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    assert len(documents) >= 5
+    done = plane.kubectl(
+        "-n", namespace, "apply", "--dry-run=server", "-f", "-",
+        input=yaml.safe_dump_all(documents),
+    )  # fmt: skip
+    assert done.stdout.count("(server dry run)") == len(documents)

@@ -1,0 +1,259 @@
+"""The whole lifecycle on a real kube-apiserver, in cluster-wide mode and in `--namespace`
+mode (watchNamespaces), with the chart installed by helm and the operator holding only the
+permissions the chart grants. The last test of each mode compares the RBAC the chart grants
+with what the operator used, from the API server's audit log."""
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    DEMO_CREDENTIALS,
+    OperatorProcess,
+    Release,
+    Simulator,
+    apply,
+    callback_manifest,
+    eventually,
+    secret_manifest,
+    unique,
+)
+from tests.e2e.controlplane import ControlPlane
+from tests.e2e.rbac import granted_rules, unused_grants, used_requests
+
+RESYNC_SECONDS = 2
+NAMESPACES_PER_MODE = 12
+
+
+@dataclass
+class Installation:
+    plane: ControlPlane
+    sim: Simulator
+    release: Release
+    operator: OperatorProcess
+    namespaces: list[str]
+    unwatched: str
+    mode: str
+    _next: int = 0
+    accounts: set[str] = field(default_factory=set)
+
+    def namespace(self) -> str:
+        """A namespace no other test has used, with the credentials Secret in it."""
+        namespace = self.namespaces[self._next]
+        self._next += 1
+        apply(self.plane, secret_manifest("thingspace-credentials", namespace, DEMO_CREDENTIALS))
+        return namespace
+
+    def account(self) -> str:
+        while True:
+            account = f"{random.randrange(10**10):010d}-00001"
+            if account not in self.accounts:
+                self.accounts.add(account)
+                return account
+
+
+@pytest.fixture(scope="module", params=["cluster-wide", "namespaced"])
+def installed(
+    request: pytest.FixtureRequest,
+    plane: ControlPlane,
+    sim: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Installation]:
+    mode = request.param
+    namespaces = [unique("team") for _ in range(NAMESPACES_PER_MODE)]
+    unwatched = unique("elsewhere")
+    for namespace in [*namespaces, unwatched]:
+        plane.kubectl("create", "namespace", namespace)
+    release = Release(plane, unique("thingspace-system"), name=unique("tso"))
+    values = ["--set", f"thingspace.resyncSeconds={RESYNC_SECONDS}"]
+    if mode == "namespaced":
+        values += ["--set", "watchNamespaces={" + ",".join(namespaces) + "}"]
+    release.install(*values)
+    workdir = tmp_path_factory.mktemp(f"operator-{mode}")
+    operator = OperatorProcess(release, sim, workdir).start()
+    try:
+        yield Installation(plane, sim, release, operator, namespaces, unwatched, mode)
+    finally:
+        operator.stop()
+        release.uninstall()
+
+
+def status_of(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
+    return dict(obj.get("status") or {})
+
+
+def condition(plane: ControlPlane, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    for item in status_of(plane, namespace, name).get("conditions") or ():
+        if item["type"] == kind:
+            return dict(item)
+    return {}
+
+
+def settled(plane: ControlPlane, namespace: str, name: str) -> bool:
+    """The latest spec is handled: Ready, for this generation."""
+    obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
+    ready = [c for c in obj.get("status", {}).get("conditions", ()) if c["type"] == "Ready"]
+    return bool(
+        ready
+        and ready[0]["status"] == "True"
+        and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+    )
+
+
+def wait_ready(plane: ControlPlane, namespace: str, name: str) -> None:
+    plane.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"tscb/{name}", "--timeout=60s")
+
+
+def test_create_update_drift_and_delete(installed: Installation) -> None:
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    apply(plane, callback_manifest("qos", namespace, account))
+    wait_ready(plane, namespace, "qos")
+    assert sim.live(account)["QoS"]["url"] == "https://listener.example.com/qos"
+
+    apply(plane, callback_manifest("qos", namespace, account, url="https://new.example.com/q"))
+    eventually(lambda: sim.live(account)["QoS"]["url"] == "https://new.example.com/q", 30)
+    eventually(lambda: settled(plane, namespace, "qos"), 30, "update handled")
+
+    sim.request("PUT", f"registrations/{account}/QoS", {"url": "https://rogue.example.com/"})
+    eventually(
+        lambda: sim.live(account)["QoS"]["url"] == "https://new.example.com/q",
+        RESYNC_SECONDS * 2 + 10,
+        "drift corrected",
+    )
+    eventually(lambda: "DriftCorrected" in events(plane, namespace, "qos"), 20)
+
+    plane.kubectl("-n", namespace, "delete", "tscb", "qos", "--timeout=60s")
+    assert "QoS" not in sim.live(account)
+    assert "Deregistered" in events(plane, namespace)
+
+
+def events(plane: ControlPlane, namespace: str, name: str | None = None) -> list[str]:
+    items = plane.kubectl_json("-n", namespace, "get", "events")["items"]
+    return [
+        item.get("reason", "")
+        for item in items
+        if name is None or item.get("involvedObject", {}).get("name") == name
+    ]
+
+
+def test_secret_rotation_reregisters_at_once(installed: Installation) -> None:
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    listener = {"username": "listener", "password": "first-password"}
+    apply(
+        plane,
+        secret_manifest("listener-auth", namespace, listener),
+        callback_manifest(
+            "qos", namespace, account, callbackCredentialsSecretRef={"name": "listener-auth"}
+        ),
+    )
+    wait_ready(plane, namespace, "qos")
+    assert sim.live(account)["QoS"]["password"] == "first-password"
+    apply(plane, secret_manifest("listener-auth", namespace, {**listener, "password": "second"}))
+    eventually(lambda: sim.live(account)["QoS"]["password"] == "second", 20, "rotation")
+    serialized = repr(plane.kubectl_json("-n", namespace, "get", "tscb,events"))
+    assert "first-password" not in serialized
+    assert "second" not in serialized.replace("seconds", "")
+
+
+def test_conflict_then_handover(installed: Installation) -> None:
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    apply(plane, callback_manifest("first", namespace, account))
+    wait_ready(plane, namespace, "first")
+    apply(plane, callback_manifest("second", namespace, account))
+    eventually(lambda: condition(plane, namespace, "second", "Ready").get("reason") == "Conflict")
+    assert sim.live(account)["QoS"]["url"].endswith("/first")
+
+    plane.kubectl("-n", namespace, "delete", "tscb", "first", "--timeout=60s")
+    eventually(lambda: sim.live(account)["QoS"]["url"].endswith("/second"), 30, "handover")
+    wait_ready(plane, namespace, "second")
+
+
+def test_observe_only_and_suspend_make_no_writes(installed: Installation) -> None:
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    sim.request("PUT", f"registrations/{account}/QoS", {"url": "https://by-hand.example.com/"})
+    writes = sim.writes()
+    apply(
+        plane,
+        callback_manifest(
+            "watcher",
+            namespace,
+            account,
+            managementPolicy="ObserveOnly",
+            url="https://by-hand.example.com/",
+        ),
+        callback_manifest("paused", namespace, account, serviceName="DeviceUsage", suspend=True),
+    )
+    wait_ready(plane, namespace, "watcher")
+    eventually(lambda: condition(plane, namespace, "paused", "Synced").get("reason") == "Suspended")
+    assert sim.writes() == writes
+    assert "DeviceUsage" not in sim.live(account)
+
+
+def test_delete_with_orphan_leaves_the_registration(installed: Installation) -> None:
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    apply(plane, callback_manifest("kept", namespace, account, deletionPolicy="Orphan"))
+    wait_ready(plane, namespace, "kept")
+    plane.kubectl("-n", namespace, "delete", "tscb", "kept", "--timeout=60s")
+    assert sim.live(account)["QoS"]["url"].endswith("/kept")
+    assert "Orphaned" in events(plane, namespace)
+
+
+def test_kubectl_experience(installed: Installation) -> None:
+    plane = installed.plane
+    namespace, account = installed.namespace(), installed.account()
+    apply(plane, callback_manifest("qos", namespace, account))
+    wait_ready(plane, namespace, "qos")
+    table = plane.kubectl("-n", namespace, "get", "tscb").stdout
+    header = "NAME ACCOUNT SERVICE URL READY SYNCED LAST SYNC AGE"
+    assert " ".join(table.split("\n")[0].split()) == header
+    assert account in table
+    assert "True" in table
+    wide = plane.kubectl("-n", namespace, "get", "tscb", "-o", "wide").stdout
+    assert " ".join(wide.split("\n")[0].split()) == f"{header} REASON"
+    assert "Registered" in wide
+    assert "qos" in plane.kubectl("-n", namespace, "get", "thingspace").stdout  # category
+    explained = plane.kubectl("explain", "thingspacecallback.spec.url").stdout
+    assert "listener" in explained.lower()
+    described = plane.kubectl("-n", namespace, "describe", "tscb", "qos").stdout
+    assert "Registered" in described
+    assert "Events:" in described
+
+
+def test_namespaced_mode_leaves_other_namespaces_alone(installed: Installation) -> None:
+    if installed.mode != "namespaced":
+        pytest.skip("only a namespaced installation ignores namespaces")
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.unwatched, installed.account()
+    apply(
+        plane,
+        secret_manifest("thingspace-credentials", namespace, DEMO_CREDENTIALS),
+        callback_manifest("outside", namespace, account),
+    )
+    control_namespace, control_account = installed.namespace(), installed.account()
+    apply(plane, callback_manifest("inside", control_namespace, control_account))
+    wait_ready(plane, control_namespace, "inside")  # the operator is at work meanwhile
+    assert status_of(plane, namespace, "outside") == {}
+    assert account not in sim.request("GET", "registrations")
+    plane.kubectl("-n", namespace, "delete", "tscb", "outside", "--wait=false")
+
+
+def test_rbac_granted_is_rbac_used(installed: Installation) -> None:
+    """Run last in each mode: every request of the operator was allowed, and every verb
+    the chart grants was used (or is excused, with its reason, in tests/e2e/rbac.py)."""
+    release = installed.release
+    user = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    requests = list(used_requests(installed.plane.audit_events(), user))
+    assert requests, "the audit log holds no request of the operator"
+    denied = [r for r in requests if r.code == 403]
+    assert denied == []
+    granted = granted_rules(installed.plane, release)
+    assert unused_grants(granted, requests) == set()
