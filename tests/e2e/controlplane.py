@@ -7,6 +7,7 @@ Also usable from the command line (``python -m tests.e2e.controlplane``) to get 
 for the demo or by hand.
 """
 
+import base64
 import contextlib
 import json
 import os
@@ -53,11 +54,12 @@ class ControlPlaneUnavailable(Exception):
 
 def ensure_binary() -> Path:
     """Build the control plane if needed (cached outside the checkout); its path."""
-    done = subprocess.run(["bash", str(ENSURE)], capture_output=True, text=True, check=False)
+    # Progress (a cold build takes minutes) goes to stderr, so it shows.
+    done = subprocess.run(["bash", str(ENSURE)], stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode == GO_MISSING:
-        raise ControlPlaneUnavailable(done.stderr.strip())
+        raise ControlPlaneUnavailable("Go is not installed")
     if done.returncode != 0:
-        raise RuntimeError(f"building the control plane failed:\n{done.stderr}")
+        raise RuntimeError("building the control plane failed (see the output above)")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -123,8 +125,83 @@ def kubeconfig(server: str, ca: Path, user: dict[str, str], namespace: str = "de
     )
 
 
-class ControlPlane:
+class Cluster:
+    """What the tests need of a cluster: kubectl and helm environments, the server, its CA."""
+
+    #: Whether the tests may restart its API server, compact its etcd and read its audit log.
+    controlled = False
+    server: str
+    certs: Path  # holds ca.crt
+    bin: Path  # holds kubectl
+    workdir: Path
+    admin_kubeconfig: Path
+    audit_log: Path | None = None
+
+    def env(self, kubeconfig_path: Path | None = None) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig_path or self.admin_kubeconfig),
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HOME": str(self.workdir),  # kubectl's and helm's caches stay in the workdir
+        }
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        kubeconfig_path: Path | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.bin / "kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(kubeconfig_path),
+            check=False,
+            timeout=120,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{done.stderr}")
+        return done
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        if self.audit_log is None or not self.audit_log.exists():
+            return
+        with self.audit_log.open() as lines:
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+
+
+class ExternalCluster(Cluster):
+    """Any cluster a kubeconfig reaches (kind, a test cluster): E2E_KUBECONFIG=path. The
+    tests that restart the API server, compact etcd or read the audit log are skipped."""
+
+    def __init__(self, kubeconfig_path: Path, workdir: Path) -> None:
+        self.admin_kubeconfig, self.workdir = kubeconfig_path, workdir
+        self.certs = workdir
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            raise ControlPlaneUnavailable("E2E_KUBECONFIG is set but kubectl is not on PATH")
+        self.bin = Path(kubectl).parent
+        view = json.loads(self.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+        cluster = view["clusters"][0]["cluster"]
+        self.server = cluster["server"]
+        if cluster.get("certificate-authority-data"):
+            ca = base64.b64decode(cluster["certificate-authority-data"])
+            (workdir / "ca.crt").write_bytes(ca)
+        elif cluster.get("certificate-authority"):
+            shutil.copy(cluster["certificate-authority"], workdir / "ca.crt")
+
+
+class ControlPlane(Cluster):
     """etcd + kube-apiserver + kube-controller-manager, started and stopped as a unit."""
+
+    controlled = True
 
     def __init__(self, binary: Path, workdir: Path) -> None:
         self.binary = binary
@@ -162,6 +239,10 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
+        """Stop everything at once: a throwaway cluster needs no orderly goodbye."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for name in reversed(list(self._processes)):
             self._stop(name)
 
@@ -250,7 +331,7 @@ class ControlPlane:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(30)
+            process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
@@ -274,47 +355,6 @@ class ControlPlane:
                     f"see {self.workdir / 'kube-apiserver.log'}"
                 )
             time.sleep(0.2)
-
-    # --- clients ----------------------------------------------------------------------
-
-    def env(self, kubeconfig_path: Path | None = None) -> dict[str, str]:
-        return {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig_path or self.admin_kubeconfig),
-            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            "HOME": str(self.workdir),  # kubectl's and helm's caches stay in the workdir
-        }
-
-    def kubectl(
-        self,
-        *args: str,
-        input: str | None = None,
-        kubeconfig_path: Path | None = None,
-        check: bool = True,
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(self.bin / "kubectl"), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=self.env(kubeconfig_path),
-            check=False,
-            timeout=120,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{done.stderr}")
-        return done
-
-    def kubectl_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl(*args, "-o", "json").stdout)
-
-    def audit_events(self) -> Iterator[dict[str, Any]]:
-        if not self.audit_log.exists():
-            return
-        with self.audit_log.open() as lines:
-            for line in lines:
-                if line.strip():
-                    yield json.loads(line)
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.e2e.conftest import Release
-from tests.e2e.controlplane import ControlPlane
+from tests.e2e.cluster import Release
+from tests.e2e.controlplane import Cluster
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
@@ -23,6 +23,7 @@ class Request:
     group: str
     resource: str  # with "/subresource" when there is one
     namespace: str | None
+    name: str | None
     code: int
     uri: str
 
@@ -47,12 +48,13 @@ def used_requests(audit: Iterable[dict[str, Any]], user: str) -> Iterator[Reques
             group=ref.get("apiGroup", ""),
             resource=resource,
             namespace=ref.get("namespace"),
+            name=ref.get("name"),
             code=int((event.get("responseStatus") or {}).get("code", 0)),
             uri=event.get("requestURI", ""),
         )
 
 
-def granted_rules(plane: ControlPlane, release: Release) -> set[Grant]:
+def granted_rules(plane: Cluster, release: Release) -> set[Grant]:
     """Every (group, resource, verb) the release's Roles and ClusterRoles grant."""
     selector = f"app.kubernetes.io/instance={release.name}"
     roles = plane.kubectl_json("get", "clusterroles,roles", "-A", "-l", selector)["items"]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import Release, apply, unique
-from tests.e2e.controlplane import ControlPlane
+from tests.e2e.cluster import Release, apply, unique
+from tests.e2e.controlplane import Cluster
 from tests.unit.test_crd import ABSENT, BAD_VALUES, EXAMPLES, GOOD, edited
 
 #: What the API server says for each kind of schema violation.
@@ -24,7 +24,7 @@ SPEC_CASES = [case for case in BAD_VALUES if str(case.values[0]).startswith("spe
 
 
 @pytest.fixture(scope="module")
-def namespace(plane: ControlPlane) -> Iterator[str]:
+def namespace(plane: Cluster) -> Iterator[str]:
     """A namespace, with the CRD installed from the chart if no earlier test did."""
     release = Release(plane, unique("crd-system"), name=unique("tso"))
     release.install("--set", "secretWatch.enabled=false")
@@ -47,7 +47,7 @@ def test_enough_cases_are_checked() -> None:
 
 @pytest.mark.parametrize(("field", "value", "reason"), SPEC_CASES)
 def test_invalid_spec_is_rejected_with_its_reason(
-    plane: ControlPlane, namespace: str, field: str, value: Any, reason: str
+    plane: Cluster, namespace: str, field: str, value: Any, reason: str
 ) -> None:
     done = apply(plane, manifest(namespace, **{field: value}), check=False)
     assert done.returncode != 0, f"accepted: {field}={value!r}"
@@ -60,7 +60,7 @@ def test_invalid_spec_is_rejected_with_its_reason(
     ("field", "value"),
     [("spec.accountName", "0000999999-00001"), ("spec.serviceName", "CarrierService")],
 )
-def test_identity_is_immutable(plane: ControlPlane, namespace: str, field: str, value: str) -> None:
+def test_identity_is_immutable(plane: Cluster, namespace: str, field: str, value: str) -> None:
     obj = manifest(namespace)
     apply(plane, obj)
     done = apply(plane, edited(obj, {field: value}), check=False)
@@ -68,7 +68,7 @@ def test_identity_is_immutable(plane: ControlPlane, namespace: str, field: str, 
     assert f"{field.split('.')[-1]} is immutable" in done.stderr, done.stderr
 
 
-def test_every_example_is_accepted(plane: ControlPlane, namespace: str) -> None:
+def test_every_example_is_accepted(plane: Cluster, namespace: str) -> None:
     documents = [
         doc
         for path in sorted(EXAMPLES.glob("*.yaml"))

@@ -7,21 +7,24 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.e2e.conftest import (
+from tests.e2e.cluster import (
     DEMO_CREDENTIALS,
+    LABEL,
     OperatorProcess,
     Release,
     Simulator,
     apply,
     callback_manifest,
     eventually,
+    needs_control,
     secret_manifest,
     unique,
 )
-from tests.e2e.controlplane import ControlPlane
+from tests.e2e.controlplane import Cluster
 from tests.e2e.rbac import granted_rules, unused_grants, used_requests
 
 RESYNC_SECONDS = 2
@@ -30,7 +33,7 @@ NAMESPACES_PER_MODE = 12
 
 @dataclass
 class Installation:
-    plane: ControlPlane
+    plane: Cluster
     sim: Simulator
     release: Release
     operator: OperatorProcess
@@ -58,7 +61,7 @@ class Installation:
 @pytest.fixture(scope="module", params=["cluster-wide", "namespaced"])
 def installed(
     request: pytest.FixtureRequest,
-    plane: ControlPlane,
+    plane: Cluster,
     sim: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Installation]:
@@ -81,19 +84,19 @@ def installed(
         release.uninstall()
 
 
-def status_of(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+def status_of(plane: Cluster, namespace: str, name: str) -> dict[str, Any]:
     obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
     return dict(obj.get("status") or {})
 
 
-def condition(plane: ControlPlane, namespace: str, name: str, kind: str) -> dict[str, Any]:
+def condition(plane: Cluster, namespace: str, name: str, kind: str) -> dict[str, Any]:
     for item in status_of(plane, namespace, name).get("conditions") or ():
         if item["type"] == kind:
             return dict(item)
     return {}
 
 
-def settled(plane: ControlPlane, namespace: str, name: str) -> bool:
+def settled(plane: Cluster, namespace: str, name: str) -> bool:
     """The latest spec is handled: Ready, for this generation."""
     obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
     ready = [c for c in obj.get("status", {}).get("conditions", ()) if c["type"] == "Ready"]
@@ -104,7 +107,7 @@ def settled(plane: ControlPlane, namespace: str, name: str) -> bool:
     )
 
 
-def wait_ready(plane: ControlPlane, namespace: str, name: str) -> None:
+def wait_ready(plane: Cluster, namespace: str, name: str) -> None:
     plane.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"tscb/{name}", "--timeout=60s")
 
 
@@ -132,7 +135,7 @@ def test_create_update_drift_and_delete(installed: Installation) -> None:
     assert "Deregistered" in events(plane, namespace)
 
 
-def events(plane: ControlPlane, namespace: str, name: str | None = None) -> list[str]:
+def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]:
     items = plane.kubectl_json("-n", namespace, "get", "events")["items"]
     return [
         item.get("reason", "")
@@ -246,9 +249,54 @@ def test_namespaced_mode_leaves_other_namespaces_alone(installed: Installation) 
     plane.kubectl("-n", namespace, "delete", "tscb", "outside", "--wait=false")
 
 
+def test_the_operator_asks_only_for_secrets_it_uses(installed: Installation) -> None:
+    """Issue 11 on a real API server: an unrelated Secret is never requested; Secrets are
+    listed and watched only through the label selector; a Secret whose label is removed is
+    still followed, once per drift period."""
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    apply(plane, secret_manifest("unrelated-blob", namespace, {"blob": "x" * 200_000}, False))
+    listener = {"username": "listener", "password": "labelled-first"}
+    apply(
+        plane,
+        secret_manifest("listener-auth", namespace, listener),
+        callback_manifest(
+            "qos", namespace, account, callbackCredentialsSecretRef={"name": "listener-auth"}
+        ),
+    )
+    wait_ready(plane, namespace, "qos")
+    plane.kubectl("-n", namespace, "label", "secret", "listener-auth", f"{LABEL}-")
+    apply(
+        plane,
+        secret_manifest(
+            "listener-auth", namespace, {**listener, "password": "unlabelled"}, labelled=False
+        ),
+    )
+    eventually(
+        lambda: sim.live(account)["QoS"]["password"] == "unlabelled",
+        RESYNC_SECONDS + 15,
+        "unlabelled change within a period",
+    )
+
+    release = installed.release
+    user = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    needs_control(plane)  # the rest reads the audit log
+    secrets = [r for r in used_requests(plane.audit_events(), user) if r.resource == "secrets"]
+    assert {r.verb for r in secrets} >= {"get"}
+    for request in secrets:
+        assert request.name != "unrelated-blob"
+        if request.verb in ("list", "watch"):
+            query = parse_qs(urlsplit(request.uri).query)
+            assert query["labelSelector"] == [f"{LABEL}=true"], request
+        else:
+            assert request.verb == "get"
+            assert request.name in ("thingspace-credentials", "listener-auth"), request
+
+
 def test_rbac_granted_is_rbac_used(installed: Installation) -> None:
     """Run last in each mode: every request of the operator was allowed, and every verb
     the chart grants was used (or is excused, with its reason, in tests/e2e/rbac.py)."""
+    needs_control(installed.plane)
     release = installed.release
     user = f"system:serviceaccount:{release.namespace}:{release.service_account}"
     requests = list(used_requests(installed.plane.audit_events(), user))

@@ -193,7 +193,16 @@ async def stop(operator: asyncio.subprocess.Process) -> None:
 
 
 def main() -> None:
-    sys.exit(asyncio.run(run_demo()))
+    """On the real control plane when it can be built (Go installed), else on the emulator."""
+    from tests.e2e.controlplane import ControlPlaneUnavailable, ensure_binary
+    from tests.harness.demo_real import run_real_demo
+
+    try:
+        binary = ensure_binary()
+    except ControlPlaneUnavailable:
+        print("Go not found: this demo runs on the emulated Kubernetes API, not a real one.")
+        sys.exit(asyncio.run(run_demo()))
+    sys.exit(run_real_demo(binary))
 
 
 if __name__ == "__main__":

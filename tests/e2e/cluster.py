@@ -1,0 +1,263 @@
+"""A real cluster as a user drives it: the chart installed with helm, the operator run as a
+local process with a token of the chart's ServiceAccount (so RBAC applies exactly as in a
+cluster), the ThingSpace simulator as a process of its own, and manifests applied with
+kubectl. Used by the e2e suite and by `make demo`."""
+
+import json
+import os
+import signal
+import subprocess
+import sysconfig
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.controlplane import ROOT, Cluster, free_port, kubeconfig
+
+HELM = ROOT / ".tools" / "helm"
+CHART = ROOT / "charts" / "thingspace-operator"
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+RELEASE = "tso"
+CRD = "thingspacecallbacks.thingspace.io"
+DEMO_CREDENTIALS = {
+    "appKey": "demo-app-key",
+    "appSecret": "demo-app-secret",
+    "username": "demo-user",
+    "password": "demo-password",
+}
+LABEL = "thingspace.io/credentials"
+
+
+def eventually(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll until ``predicate`` returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (KeyError, IndexError, TypeError, AssertionError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what or 'condition'} not met within {timeout} s")
+        time.sleep(0.2)
+
+
+def needs_control(plane: Cluster) -> None:
+    """Skip a test that restarts, compacts or audits: an external cluster allows none."""
+    if not plane.controlled:
+        pytest.skip("needs the project's own control plane (not E2E_KUBECONFIG)")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# --- the simulator -----------------------------------------------------------------------
+
+
+class Simulator:
+    """``thingspace-sim`` as its own process, driven through /_sim/ like the demo does."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (workdir / f"sim-{self.port}.log").open("wb")
+        self._process = subprocess.Popen(
+            [str(SCRIPTS / "thingspace-sim"), "--port", str(self.port)],
+            stdout=self._log,
+            stderr=self._log,
+        )
+        eventually(lambda: self.request("GET", "registrations") is not None, 20, "simulator up")
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}/_sim/{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return json.loads(text) if text else {}
+
+    def live(self, account: str) -> dict[str, dict[str, Any]]:
+        """Live registrations of ``account`` by service name."""
+        return {
+            item["serviceName"]: item
+            for item in self.request("GET", "registrations").get(account, [])
+        }
+
+    def calls(self, endpoint: str) -> int:
+        rows = self.request("GET", "requests")["counts"]
+        return sum(row["count"] for row in rows if row["endpoint"] == endpoint)
+
+    def writes(self) -> int:
+        return self.calls("register") + self.calls("deregister")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+        self._log.close()
+
+
+# --- the chart and the operator --------------------------------------------------------
+
+
+class Release:
+    """The chart installed with helm, as a user installs it."""
+
+    def __init__(self, plane: Cluster, namespace: str, name: str = RELEASE) -> None:
+        self.plane, self.namespace, self.name = plane, namespace, name
+        # The chart's fullname: the release name alone when it already names the chart.
+        chart = "thingspace-operator"
+        self.service_account = name if chart in name else f"{name}-{chart}"
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(HELM), *args],
+            capture_output=True,
+            text=True,
+            env=self.plane.env(),
+            check=False,
+            timeout=180,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{done.stderr}")
+        return done
+
+    def install(self, *values: str, command: str = "install") -> None:
+        """Install the chart; the CRD comes with it unless another release already owns
+        it (a CRD is cluster-wide: only one release can hold it)."""
+        if self._crd_owner() not in (None, self.name):
+            values = ("--set", "crds.enabled=false", *values)
+        self.helm(
+            command, self.name, str(CHART), "--namespace", self.namespace,
+            "--create-namespace", *values,
+        )  # fmt: skip
+        self.plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+
+    def _crd_owner(self) -> str | None:
+        found = self.plane.kubectl("get", "crd", CRD, "-o", "json", check=False)
+        if found.returncode != 0:
+            return None
+        annotations = json.loads(found.stdout)["metadata"].get("annotations") or {}
+        return str(annotations.get("meta.helm.sh/release-name", ""))
+
+    def upgrade(self, *values: str) -> None:
+        self.install("--reuse-values", *values, command="upgrade")
+
+    def uninstall(self) -> None:
+        self.helm("uninstall", self.name, "--namespace", self.namespace)
+
+    def deployment(self) -> dict[str, Any]:
+        return dict(
+            self.plane.kubectl_json("-n", self.namespace, "get", "deployment", self.service_account)
+        )
+
+    def operator_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig holding a token of the chart's ServiceAccount: the operator then has
+        exactly the permissions the chart grants."""
+        token = self.plane.kubectl(
+            "-n", self.namespace, "create", "token", self.service_account, "--duration=2h"
+        ).stdout.strip()
+        path.write_text(
+            kubeconfig(self.plane.server, self.plane.certs / "ca.crt", {"token": token})
+        )
+        return path
+
+
+class OperatorProcess:
+    """``thingspace-operator run`` with the args and environment of the chart's Deployment
+    (as the pod would get them), pointed at the simulator."""
+
+    def __init__(self, release: Release, sim: Simulator, workdir: Path, **env: str) -> None:
+        container = release.deployment()["spec"]["template"]["spec"]["containers"][0]
+        self.args = list(container.get("args") or [])
+        self.env = {item["name"]: str(item.get("value", "")) for item in container["env"]}
+        self.env.update(
+            THINGSPACE_API_URL=sim.url,
+            THINGSPACE_HEALTH_PORT=str(free_port()),
+            THINGSPACE_METRICS_PORT=str(free_port()),
+            THINGSPACE_RETRY_BASE_SECONDS="0.5",
+            THINGSPACE_RETRY_MAX_SECONDS="2",
+            **env,
+        )
+        self.kubeconfig = release.operator_kubeconfig(workdir / unique("operator.kubeconfig"))
+        self.log_path = workdir / unique("operator.log")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for in-cluster
+        self._process = subprocess.Popen(
+            [str(SCRIPTS / "thingspace-operator"), "run", *self.args],
+            env=env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        eventually(self.healthy, 30, "operator /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"the operator exited:\n{self.log()[-3000:]}")
+        url = f"http://127.0.0.1:{self.env['THINGSPACE_HEALTH_PORT']}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+
+
+# --- what tests apply --------------------------------------------------------------------
+
+
+def secret_manifest(
+    name: str, namespace: str, data: dict[str, str], labelled: bool = True
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labelled:
+        metadata["labels"] = {LABEL: "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "stringData": data,
+    }
+
+
+def callback_manifest(name: str, namespace: str, account: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "thingspace.io/v1alpha1",
+        "kind": "ThingSpaceCallback",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accountName": account,
+            "serviceName": "QoS",
+            "url": f"https://listener.example.com/{name}",
+            "credentialsSecretRef": {"name": "thingspace-credentials"},
+            **spec,
+        },
+    }
+
+
+def apply(plane: Cluster, *manifests: dict[str, Any], check: bool = True) -> Any:
+    return plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests), check=check)
