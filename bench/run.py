@@ -262,6 +262,7 @@ async def scenario(
             await harness.create_unrelated_secrets(
                 unrelated.count, unrelated.size, unrelated.namespaces
             )
+            harness.reset_counts()  # so the wait below sees the operator's first request
         await harness.start_operator(resync)
         try:
             await wait_for(lambda: kube.verb_counts is not None, 30)  # operator is watching
