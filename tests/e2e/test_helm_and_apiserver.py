@@ -2,6 +2,7 @@
 restarting; watches expiring after etcd compaction. Each keeps every registration exactly
 once."""
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,8 @@ class Setup:
     workdir: Path
     operator: OperatorProcess | None = None
 
-    def start_operator(self) -> OperatorProcess:
-        self.operator = OperatorProcess(self.release, self.sim, self.workdir).start()
+    def start_operator(self, **env: str) -> OperatorProcess:
+        self.operator = OperatorProcess(self.release, self.sim, self.workdir, **env).start()
         return self.operator
 
     def stop_operator(self) -> None:
@@ -132,6 +133,8 @@ def test_expired_watches_resume_without_loss_or_duplicates(setup: Setup) -> None
     plane, sim, namespace = setup.plane, setup.sim, setup.namespace
     needs_control(plane)
     assert isinstance(plane, ControlPlane)
+    setup.stop_operator()
+    operator = setup.start_operator(THINGSPACE_LOG_LEVEL="DEBUG")  # kopf logs a 410 at DEBUG
     account = "0000717171-00001"
     listener = {"username": "listener", "password": "first-password"}
     apply(
@@ -158,3 +161,8 @@ def test_expired_watches_resume_without_loss_or_duplicates(setup: Setup) -> None
     eventually(lambda: sim.live(account)["QoS"]["password"] == "second-pass", 60, "rotation")
     wait_ready(plane, namespace, "usage")
     assert sim.calls("register") == registers + 2  # one each: nothing lost, nothing twice
+    log = operator.log()
+    assert "Restarting the watch-stream" in log  # kopf's word for a 410 Gone: it happened
+    for secret in ("first-password", "second-pass", DEMO_CREDENTIALS["password"]):
+        assert secret not in log
+        assert base64.b64encode(secret.encode()).decode() not in log  # DEBUG hides them too

@@ -144,18 +144,25 @@ def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]
     ]
 
 
-def test_secret_rotation_reregisters_at_once(installed: Installation) -> None:
-    plane, sim = installed.plane, installed.sim
+def with_listener_auth(installed: Installation, password: str) -> tuple[str, str, dict[str, str]]:
+    """A callback whose callback credentials come from the labelled Secret listener-auth;
+    its namespace, account and the Secret's data, once it is Ready."""
     namespace, account = installed.namespace(), installed.account()
-    listener = {"username": "listener", "password": "first-password"}
+    listener = {"username": "listener", "password": password}
     apply(
-        plane,
+        installed.plane,
         secret_manifest("listener-auth", namespace, listener),
         callback_manifest(
             "qos", namespace, account, callbackCredentialsSecretRef={"name": "listener-auth"}
         ),
     )
-    wait_ready(plane, namespace, "qos")
+    wait_ready(installed.plane, namespace, "qos")
+    return namespace, account, listener
+
+
+def test_secret_rotation_reregisters_at_once(installed: Installation) -> None:
+    plane, sim = installed.plane, installed.sim
+    namespace, account, listener = with_listener_auth(installed, "first-password")
     assert sim.live(account)["QoS"]["password"] == "first-password"
     apply(plane, secret_manifest("listener-auth", namespace, {**listener, "password": "second"}))
     eventually(lambda: sim.live(account)["QoS"]["password"] == "second", 20, "rotation")
@@ -254,17 +261,8 @@ def test_the_operator_asks_only_for_secrets_it_uses(installed: Installation) -> 
     listed and watched only through the label selector; a Secret whose label is removed is
     still followed, once per drift period."""
     plane, sim = installed.plane, installed.sim
-    namespace, account = installed.namespace(), installed.account()
+    namespace, account, listener = with_listener_auth(installed, "labelled-first")
     apply(plane, secret_manifest("unrelated-blob", namespace, {"blob": "x" * 200_000}, False))
-    listener = {"username": "listener", "password": "labelled-first"}
-    apply(
-        plane,
-        secret_manifest("listener-auth", namespace, listener),
-        callback_manifest(
-            "qos", namespace, account, callbackCredentialsSecretRef={"name": "listener-auth"}
-        ),
-    )
-    wait_ready(plane, namespace, "qos")
     plane.kubectl("-n", namespace, "label", "secret", "listener-auth", f"{LABEL}-")
     apply(
         plane,

@@ -55,6 +55,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     #: Every request about Secrets: (method, namespace, name, query), to prove which
     #: Secrets the operator asked for.
     secret_requests: list[tuple[str, str | None, str | None, dict[str, str]]] | None = None
+    #: Requests served, by (HTTP method, resource plural), to prove what was never asked.
+    resource_counts: Counter[tuple[str, str]] | None = None
 
     def _next_resource_version(self) -> str:
         self._last_resource_version += 1
@@ -66,6 +68,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         counts = self.verb_counts = self.verb_counts if self.verb_counts is not None else Counter()
         method = str(request.method).upper().rsplit(".", 1)[-1]
         counts[(method, request.subresource or "")] += 1
+        if request.resource is not None:
+            by_resource = self.resource_counts = self.resource_counts or Counter()
+            by_resource[(method, request.resource.plural)] += 1
         if request.resource is not None and request.resource.plural == "secrets":
             log = self.secret_requests = self.secret_requests or []
             log.append((method, request.namespace, request.name, dict(request.params)))

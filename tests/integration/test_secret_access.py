@@ -89,6 +89,23 @@ async def test_unrelated_secrets_are_never_asked_for_nor_held(
     assert by_name <= {(NAMESPACE, "thingspace-credentials"), (NAMESPACE, "cb")}
 
 
+async def test_namespaces_and_crds_of_the_cluster_are_never_asked_for(
+    start_operator: OperatorFactory, cluster: Cluster, k8s: KubernetesEmulator
+) -> None:
+    """Thousands of namespaces, CRDs or Events cost the operator nothing: it never lists or
+    watches them (on the real API server, the RBAC test shows the same: nothing of the kind
+    is granted, and no request was denied)."""
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await start_operator()
+    await cluster.create_callback("qos")
+    await eventually(lambda: ready(cluster, "qos"))
+    # Every GET (list, watch, read) here is the operator's: the test reads the store directly.
+    operator_reads = {  # discovery requests name no resource
+        plural for (method, plural) in k8s.resource_counts or () if method == "GET" and plural
+    }
+    assert operator_reads == {"thingspacecallbacks", "secrets"}
+
+
 async def test_namespaced_operator_watches_only_its_namespaces(
     start_operator: OperatorFactory, cluster: Cluster, k8s: KubernetesEmulator
 ) -> None:

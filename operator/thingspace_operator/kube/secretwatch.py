@@ -164,20 +164,27 @@ class LabelledSecretWatch:
             params["continue"] = str(meta["continue"])
 
     async def _get_json(self, scope: str | None, params: dict[str, str]) -> Mapping[str, Any]:
+        async with self._get(scope, params, aiohttp.ClientTimeout(total=60), "listing") as got:
+            body: Mapping[str, Any] = await got.json()
+            return body
+
+    @contextlib.asynccontextmanager
+    async def _get(
+        self, scope: str | None, params: dict[str, str], limits: aiohttp.ClientTimeout, what: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request of the list or watch; 410 Gone and other refusals raise."""
         assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=60)
         async with self._session.get(
             self._connection.url(self._path(scope)),
             params=params,
             headers=self._connection.headers(),
-            timeout=timeout,
+            timeout=limits,
         ) as response:
             if response.status == 410:
                 raise _Expired()
             if response.status != 200:
-                raise WatchFailed(f"HTTP {response.status} listing Secrets")
-            body: Mapping[str, Any] = await response.json()
-            return body
+                raise WatchFailed(f"HTTP {response.status} {what} Secrets")
+            yield response
 
     async def _watch(
         self, scope: str | None, version: str, known: dict[tuple[str, str], str]
@@ -194,17 +201,7 @@ class LabelledSecretWatch:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=30, sock_read=self._server_timeout + 30
         )
-        assert self._session is not None
-        async with self._session.get(
-            self._connection.url(self._path(scope)),
-            params=params,
-            headers=self._connection.headers(),
-            timeout=timeout,
-        ) as response:
-            if response.status == 410:
-                raise _Expired()
-            if response.status != 200:
-                raise WatchFailed(f"HTTP {response.status} watching Secrets")
+        async with self._get(scope, params, timeout, "watching") as response:
             async for event in _json_lines(response.content):
                 version = await self._deliver(event, known) or version
         return version
