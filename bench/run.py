@@ -462,7 +462,7 @@ def render_s5(results: list[Result], args: argparse.Namespace) -> list[str]:
         s1, p = r.figures["S1"], r.figures["process"]
         rows.append(
             f"| {label} | {s1['converge_seconds']:.1f} | {s1['calls_total']} "
-            f"| {s1['kube_writes']} | {p['peak_rss_mb']:.0f} |"
+            f"| {s1['kube_writes']} | {p['peak_rss_mb']:.1f} | {p['cpu_seconds']:.1f} |"
         )
     ps, cs = plain.figures, crowded.figures
     return [
@@ -474,12 +474,13 @@ def render_s5(results: list[Result], args: argparse.Namespace) -> list[str]:
         "calls and writes, converge at most 1 s slower.",
         "",
         "| unrelated Secrets | S1 converge (s) | ThingSpace calls | Kubernetes writes "
-        "| peak RSS (MB) |",
-        "|---|---|---|---|---|",
+        "| peak RSS (MB) | CPU (s) |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
         f"Difference: peak RSS {cs['process']['peak_rss_mb'] - ps['process']['peak_rss_mb']:+.1f} "
-        f"MB, converge {cs['S1']['converge_seconds'] - ps['S1']['converge_seconds']:+.1f} s, "
+        f"MB, CPU {cs['process']['cpu_seconds'] - ps['process']['cpu_seconds']:+.1f} s, "
+        f"converge {cs['S1']['converge_seconds'] - ps['S1']['converge_seconds']:+.1f} s, "
         f"ThingSpace calls {cs['S1']['calls_total'] - ps['S1']['calls_total']:+d}, "
         f"Kubernetes writes {cs['S1']['kube_writes'] - ps['S1']['kube_writes']:+d}.",
     ]
