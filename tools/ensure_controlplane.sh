@@ -33,7 +33,7 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
 if [[ ! -x "$binary" ]]; then
-    echo "building the control plane $version (cold on 2 cores: about 20 minutes; see README)" >&2
+    echo "building the control plane $version (cold on 2 cores: about 10 minutes; see README)" >&2
     start=$(date +%s)
     (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -pgo=off \
         -ldflags "$(echo $ldflags)" -o "$binary.tmp" .)

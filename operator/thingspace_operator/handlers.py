@@ -166,8 +166,23 @@ async def secret_changed(runtime: Runtime, users: SecretUsers, event: SecretEven
         runtime.secrets.remember(*key, event.version, event.data, watched=True)
     if not runtime.secret_versions.changed(key, event.data, initial=event.initial):
         return
+    await reconcile_users(runtime, users, key)
+
+
+async def reconcile_users(runtime: Runtime, users: SecretUsers, key: tuple[str, str]) -> None:
+    """Ask every resource that references the Secret ``key`` to reconcile now. One that
+    cannot be asked is left to its drift check, which sees the new values too."""
     for user in sorted(set(users.get(key, ()))):
-        await runtime.resources.request_reconcile(key[0], user)
+        try:
+            await runtime.resources.request_reconcile(key[0], user)
+        except Exception as exc:
+            log.warning(
+                "Could not ask %s/%s to reconcile after its Secret changed (%s); its next "
+                "drift check will",
+                key[0],
+                user,
+                type(exc).__name__,
+            )
 
 
 async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> None:
@@ -185,8 +200,7 @@ async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> Non
                 log.warning("Could not read Secret %s/%s again: %s", *key, type(exc).__name__)
                 return
         if changed:
-            for user in sorted(set(users.get(key, ()))):
-                await runtime.resources.request_reconcile(key[0], user)
+            await reconcile_users(runtime, users, key)
 
     await asyncio.gather(*(refresh(key) for key in runtime.secrets.unwatched()))
 

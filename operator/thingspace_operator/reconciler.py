@@ -81,7 +81,7 @@ class Runtime:
         metrics = Metrics()
         return cls(
             config=config,
-            secrets=SecretReader(api_client, watching=config.secret_watch),
+            secrets=SecretReader(api_client),
             resources=CallbackResources(api_client),
             connection=KubeConnection(api_client.configuration),
             clients=ClientPool(
@@ -105,8 +105,11 @@ class Runtime:
         return lock
 
     def start_secret_watch(self, listener: Listener) -> None:
-        self.secret_watch = LabelledSecretWatch(self.connection, listener, self.config.namespaces)
-        self.secret_watch.start()
+        watch = LabelledSecretWatch(self.connection, listener, self.config.namespaces)
+        watch.on_gap = self.secrets.unwatch_all
+        self.secrets.tracked = watch.tracks
+        self.secret_watch = watch
+        watch.start()
 
     async def verify_crd_served(self) -> None:
         """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the

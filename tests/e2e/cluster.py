@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.controlplane import ROOT, Cluster, free_port, kubeconfig
+from tests.e2e.controlplane import ROOT, Cluster, die_with_parent, free_port, kubeconfig
 
 HELM = ROOT / ".tools" / "helm"
 CHART = ROOT / "charts" / "thingspace-operator"
@@ -73,6 +73,7 @@ class Simulator:
             [str(SCRIPTS / "thingspace-sim"), "--port", str(self.port)],
             stdout=self._log,
             stderr=self._log,
+            preexec_fn=die_with_parent,
         )
         eventually(lambda: self.request("GET", "registrations") is not None, 20, "simulator up")
 
@@ -199,6 +200,7 @@ class OperatorProcess:
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         eventually(self.healthy, 30, "operator /healthz")
         return self

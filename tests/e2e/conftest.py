@@ -23,24 +23,36 @@ from tests.e2e.controlplane import (
 # --- the control plane -------------------------------------------------------------------
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A real cluster takes longer than the suite's default per-test timeout."""
-    for item in items:
-        if "tests/e2e/" in str(item.path):
-            item.add_marker(pytest.mark.timeout(240))
+BINARY = pytest.StashKey[Path | Exception]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A real cluster takes longer than the suite's default per-test timeout; and the
+    control plane is built here, before any test's timeout runs (cold: about 10 minutes)."""
+    selected = [item for item in items if "tests/e2e/" in str(item.path)]
+    for item in selected:
+        item.add_marker(pytest.mark.timeout(240))
+    if selected and not os.environ.get("E2E_KUBECONFIG"):
+        try:
+            config.stash[BINARY] = ensure_binary()
+        except (ControlPlaneUnavailable, RuntimeError) as exc:
+            config.stash[BINARY] = exc
 
 
 @pytest.fixture(scope="session")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     """The project's own control plane, or the cluster of E2E_KUBECONFIG (kind, ...)."""
     external = os.environ.get("E2E_KUBECONFIG")
     if external:
         yield ExternalCluster(Path(external), tmp_path_factory.mktemp("external"))
         return
-    try:
-        binary = ensure_binary()
-    except ControlPlaneUnavailable as exc:
-        pytest.skip(f"REAL CONTROL PLANE NOT AVAILABLE, e2e layer skipped: {exc}")
+    binary = request.config.stash.get(BINARY, None) or ensure_binary()
+    if isinstance(binary, ControlPlaneUnavailable):
+        pytest.skip(f"REAL CONTROL PLANE NOT AVAILABLE, e2e layer skipped: {binary}")
+    if isinstance(binary, Exception):
+        raise binary
     with ControlPlane(binary, tmp_path_factory.mktemp("controlplane")) as control_plane:
         yield control_plane
 

@@ -9,6 +9,7 @@ for the demo or by hand.
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENSURE = ROOT / "tools" / "ensure_controlplane.sh"
 #: Not built because Go is missing (the script's exit code 3).
 GO_MISSING = 3
+PR_SET_PDEATHSIG = 1
 #: The operator's service accounts' requests, at Metadata level: enough to see every verb,
 #: resource, name, query (label selectors) and response code; never a body.
 AUDIT_POLICY = """\
@@ -61,6 +63,13 @@ def ensure_binary() -> Path:
     if done.returncode != 0:
         raise RuntimeError("building the control plane failed (see the output above)")
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel kills it when the test process dies, even
+    when pytest-timeout ends that with os._exit and no teardown runs."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -233,9 +242,13 @@ class ControlPlane(Cluster):
                 },
             )
         )
-        self._start_etcd()
-        self.start_apiserver()
-        self._start("kube-controller-manager", self._controller_manager_args())
+        try:
+            self._start_etcd()
+            self.start_apiserver()
+            self._start("kube-controller-manager", self._controller_manager_args())
+        except BaseException:
+            self.stop()  # no half-started cluster outlives a failed start
+            raise
         return self
 
     def stop(self) -> None:
@@ -321,6 +334,7 @@ class ControlPlane(Cluster):
             stdout=subprocess.PIPE if stdout else log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._processes[name] = process
         return process
@@ -341,6 +355,11 @@ class ControlPlane(Cluster):
         context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
         deadline = time.monotonic() + timeout
         while True:
+            server = self._processes.get("kube-apiserver")
+            if server is not None and server.poll() is not None:
+                raise RuntimeError(
+                    f"kube-apiserver exited; see {self.workdir / 'kube-apiserver.log'}"
+                )
             try:
                 with urllib.request.urlopen(
                     f"{self.server}/readyz", context=context, timeout=5

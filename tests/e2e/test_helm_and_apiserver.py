@@ -160,6 +160,8 @@ def test_expired_watches_resume_without_loss_or_duplicates(setup: Setup) -> None
     )
     eventually(lambda: sim.live(account)["QoS"]["password"] == "second-pass", 60, "rotation")
     wait_ready(plane, namespace, "usage")
+    lists = sim.calls("list")
+    eventually(lambda: sim.calls("list") >= lists + 2, 30, "two more drift sweeps")
     assert sim.calls("register") == registers + 2  # one each: nothing lost, nothing twice
     log = operator.log()
     assert "Restarting the watch-stream" in log  # kopf's word for a 410 Gone: it happened

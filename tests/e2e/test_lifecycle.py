@@ -75,12 +75,14 @@ def installed(
     if mode == "namespaced":
         values += ["--set", "watchNamespaces={" + ",".join(namespaces) + "}"]
     release.install(*values)
-    workdir = tmp_path_factory.mktemp(f"operator-{mode}")
-    operator = OperatorProcess(release, sim, workdir).start()
+    operator: OperatorProcess | None = None
     try:
+        workdir = tmp_path_factory.mktemp(f"operator-{mode}")
+        operator = OperatorProcess(release, sim, workdir).start()
         yield Installation(plane, sim, release, operator, namespaces, unwatched, mode)
     finally:
-        operator.stop()
+        if operator is not None:
+            operator.stop()
         release.uninstall()
 
 
@@ -263,7 +265,15 @@ def test_the_operator_asks_only_for_secrets_it_uses(installed: Installation) -> 
     plane, sim = installed.plane, installed.sim
     namespace, account, listener = with_listener_auth(installed, "labelled-first")
     apply(plane, secret_manifest("unrelated-blob", namespace, {"blob": "x" * 200_000}, False))
+    handled = status_of(plane, namespace, "qos").get("lastHandledReconcileAt")
     plane.kubectl("-n", namespace, "label", "secret", "listener-auth", f"{LABEL}-")
+    # The watch reports it gone; the operator reads it by name from then on. Only once
+    # that is done does the next change prove the periodic read, not the watch.
+    eventually(
+        lambda: status_of(plane, namespace, "qos").get("lastHandledReconcileAt") != handled,
+        20,
+        "the unlabelled Secret re-read",
+    )
     apply(
         plane,
         secret_manifest(

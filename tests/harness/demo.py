@@ -202,6 +202,9 @@ def main() -> None:
     except ControlPlaneUnavailable:
         print("Go not found: this demo runs on the emulated Kubernetes API, not a real one.")
         sys.exit(asyncio.run(run_demo()))
+    except RuntimeError as exc:
+        print(f"{exc}: this demo runs on the emulated Kubernetes API, not a real one.")
+        sys.exit(asyncio.run(run_demo()))
     sys.exit(run_real_demo(binary))
 
 

@@ -1,13 +1,21 @@
 """Error classification, secret parsing and settings: the pure parts around the edges."""
 
+import asyncio
 import base64
 import re
+import threading
+import time
+from typing import Any
 
+import kubernetes.client
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.kube.secrets import (
     CredentialsInvalid,
+    CredentialsNotFound,
+    SecretReader,
     app_credentials_from,
     callback_credentials_from,
     decode_secret_data,
@@ -206,4 +214,49 @@ async def test_secret_reader_serves_known_secrets_and_keeps_the_newest() -> None
     reader.remember("ns", "s", "9", {"password": _b64("newer")})
     assert await reader.read("ns", "s") == {"password": "newer"}
     reader.forget("ns", "s")
+    assert not reader.knows("ns", "s")
+
+
+class _StubCore:
+    """CoreV1Api's read of one Secret, answered by the test, counting the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.release = threading.Event()
+        self.status: int | None = None
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        self.reads += 1
+        number = self.reads
+        self.release.wait(5)
+        if self.status is not None:
+            raise ApiException(status=self.status)
+        return kubernetes.client.V1Secret(
+            metadata=kubernetes.client.V1ObjectMeta(name=name, resource_version=str(number)),
+            data={"password": _b64(f"read-{number}")},
+        )
+
+
+async def test_secret_reads_are_shared_only_when_fresh_enough() -> None:
+    reader = SecretReader(kubernetes.client.ApiClient())
+    core = reader._core = _StubCore()  # type: ignore[assignment]
+    first = asyncio.ensure_future(reader.read("ns", "s"))
+    await asyncio.sleep(0.05)  # the first read is in flight
+    joined = asyncio.ensure_future(reader.read("ns", "s"))
+    newer = asyncio.ensure_future(reader.read("ns", "s", fresh_after=time.monotonic()))
+    await asyncio.sleep(0.05)
+    core.release.set()
+    results = await asyncio.gather(first, joined, newer)
+    assert core.reads == 2  # the newer read did not settle for the one already in flight
+    assert results[0] == results[1] == {"password": "read-1"}
+
+
+async def test_a_secret_the_operator_may_no_longer_read_is_forgotten() -> None:
+    reader = SecretReader(kubernetes.client.ApiClient())
+    core = reader._core = _StubCore()  # type: ignore[assignment]
+    core.release.set()
+    await reader.read("ns", "s")
+    core.status = 403
+    with pytest.raises(CredentialsNotFound, match="403"):
+        await reader.read("ns", "s", fresh_after=time.monotonic())
     assert not reader.knows("ns", "s")

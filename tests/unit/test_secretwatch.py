@@ -145,3 +145,45 @@ def test_connection_authenticates_as_the_kubernetes_client(tmp_path) -> None:
     connection = KubeConnection(configuration)
     assert connection.headers()["authorization"] == "Bearer the-token"
     assert connection.url("/api/v1/secrets") == "https://127.0.0.1:6443/api/v1/secrets"
+
+
+async def test_a_failing_listener_neither_ends_the_watch_nor_loses_the_event() -> None:
+    """The listener failing (the API server refusing a reconcile request, say) is a gap:
+    the watch lists again, delivers the event again, and reports the gap."""
+    server = ScriptedApiServer(
+        lists=[
+            {"metadata": {"resourceVersion": "10"}, "items": [secret("a", 1)]},
+            {"metadata": {"resourceVersion": "20"}, "items": [secret("a", 11)]},
+        ],
+        watches=[[{"type": "MODIFIED", "object": secret("a", 11)}], []],
+    )
+    app = aiohttp.web.Application()
+    app.router.add_get("/api/v1/secrets", server.handle)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    seen: list[str] = []
+    gaps: list[bool] = []
+
+    async def listener(event: SecretEvent) -> None:
+        seen.append(event.version)
+        if seen == ["1", "11"]:
+            raise RuntimeError("the API server said 503")
+
+    watch = LabelledSecretWatch(KubeConnection(configuration), listener, retry_max_seconds=0.05)
+    watch.on_gap = lambda: gaps.append(True)
+    watch.start()
+    try:
+        async with asyncio.timeout(10):
+            while len(seen) < 3:
+                await asyncio.sleep(0.02)
+        assert watch.tracks(("iot", "a"))
+    finally:
+        await watch.stop()
+        server.closing.set()
+        await runner.cleanup()
+    assert seen == ["1", "11", "11"]
+    assert gaps == [True]

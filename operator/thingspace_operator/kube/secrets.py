@@ -11,8 +11,8 @@ import binascii
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
@@ -36,9 +36,9 @@ class CredentialsInvalid(Exception):
 @dataclass(slots=True)
 class _Known:
     version: str
-    data: dict[str, str | bytes]  # as the API serves it: base64
-    watched: bool  # kept fresh by the labelled-Secret watch
-    fetched_at: float  # monotonic time of the read (or watch event)
+    data: dict[str, str | bytes] = field(repr=False)  # as the API serves it: base64
+    watched: bool = False  # kept fresh by the labelled-Secret watch
+    fetched_at: float = 0.0  # monotonic time the read started (or of the watch event)
 
 
 class SecretReader:
@@ -50,12 +50,14 @@ class SecretReader:
     for data newer than its read (the drift check does, once per period).
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, watching: bool = False) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._known: dict[tuple[str, str], _Known] = {}
-        self._fetching: dict[tuple[str, str], asyncio.Future[_Known]] = {}
-        self.watching = watching
-        """Whether the labelled-Secret watch runs: only then is a labelled Secret fresh."""
+        # One GET in flight per Secret, with the time it started.
+        self._fetching: dict[tuple[str, str], tuple[float, asyncio.Future[_Known]]] = {}
+        self.tracked: Callable[[tuple[str, str]], bool] = lambda _: False
+        """Whether the Secret watch follows a Secret now: only then is what a GET read of it
+        kept fresh without reading again (set when the watch starts)."""
 
     def knows(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self._known
@@ -71,14 +73,22 @@ class SecretReader:
         version: str,
         data: Mapping[str, str | bytes],
         watched: bool = False,
+        at: float | None = None,
     ) -> None:
         """Keep the Secret's (encoded) data unless a newer version is already known."""
         known = self._known.get((namespace, name))
         if known is None or not _older(version, known.version):
-            self._known[(namespace, name)] = _Known(version, dict(data), watched, time.monotonic())
+            at = time.monotonic() if at is None else at
+            self._known[(namespace, name)] = _Known(version, dict(data), watched, at)
 
     def forget(self, namespace: str, name: str) -> None:
         self._known.pop((namespace, name), None)
+
+    def unwatch_all(self) -> None:
+        """The watch broke: changes may go unseen, so every Secret is read each period
+        until the watch reports it again."""
+        for known in self._known.values():
+            known.watched = False
 
     def unwatched(self) -> list[tuple[str, str]]:
         """Known Secrets no watch keeps fresh."""
@@ -110,20 +120,28 @@ class SecretReader:
         if known is None or not (
             known.watched or fresh_after is None or known.fetched_at >= fresh_after
         ):
-            known = await self._fetch_once(namespace, name)
+            known = await self._fetch_once(namespace, name, fresh_after)
         return decode_secret_data(known.data, f"{namespace}/{name}")
 
-    async def _fetch_once(self, namespace: str, name: str) -> _Known:
-        """One GET at a time per Secret: a thousand resources sharing one cost one read."""
+    async def _fetch_once(
+        self, namespace: str, name: str, fresh_after: float | None = None
+    ) -> _Known:
+        """One GET at a time per Secret: resources that want the same Secret at once share
+        a read, if it started late enough for them."""
         key = (namespace, name)
-        pending = self._fetching.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch(namespace, name))
-            self._fetching[key] = pending
-            pending.add_done_callback(lambda _: self._fetching.pop(key, None))
+        started, pending = self._fetching.get(key, (0.0, None))
+        if pending is None or (fresh_after is not None and started < fresh_after):
+            started = time.monotonic()
+            pending = asyncio.ensure_future(self._fetch(namespace, name, started))
+            self._fetching[key] = (started, pending)
+            pending.add_done_callback(lambda done: self._forget_fetch(key, done))
         return await asyncio.shield(pending)
 
-    async def _fetch(self, namespace: str, name: str) -> _Known:
+    def _forget_fetch(self, key: tuple[str, str], done: "asyncio.Future[_Known]") -> None:
+        if self._fetching.get(key, (0.0, None))[1] is done:
+            del self._fetching[key]
+
+    async def _fetch(self, namespace: str, name: str, started: float) -> _Known:
         try:
             secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
@@ -131,6 +149,7 @@ class SecretReader:
                 self.forget(namespace, name)
                 raise CredentialsNotFound(f"Secret {namespace}/{name} not found") from None
             if exc.status == 403:
+                self.forget(namespace, name)  # what may no longer be read is not used
                 raise CredentialsNotFound(
                     f"the operator may not read Secret {namespace}/{name} (HTTP 403)"
                 ) from None
@@ -138,7 +157,8 @@ class SecretReader:
         meta = secret.metadata
         version = str(meta.resource_version or "") if meta else ""
         labelled = bool(meta and (meta.labels or {}).get(CREDENTIALS_LABEL) == "true")
-        self.remember(namespace, name, version, secret.data or {}, self.watching and labelled)
+        watched = labelled and self.tracked((namespace, name))
+        self.remember(namespace, name, version, secret.data or {}, watched, at=started)
         return self._known[(namespace, name)]
 
     async def app_credentials(

@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -36,7 +37,7 @@ class SecretEvent:
     namespace: str
     name: str
     version: str
-    data: Mapping[str, str] | None
+    data: Mapping[str, str] | None = field(repr=False)
     """Base64-encoded data; None: deleted, or no longer labelled."""
     initial: bool = False
     """Part of the first listing: what was already there when the operator started."""
@@ -58,6 +59,8 @@ class SecretEvent:
 
 
 Listener = Callable[[SecretEvent], Awaitable[None]]
+#: Seconds a watch stream must last before it is re-opened at once (else: a pause).
+SHORTEST_STREAM = 1.0
 
 
 class WatchFailed(Exception):
@@ -86,8 +89,14 @@ class LabelledSecretWatch:
         self._retry_max = retry_max_seconds
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self.listed = asyncio.Event()  # every scope's first listing has been delivered
-        self._listed_scopes: set[str | None] = set()
+        self._tracked: dict[tuple[str, str], str] = {}  # every scope's, while healthy
+        self._broken: set[str | None] = set(self._scopes)  # scopes not listed since a failure
+        self.on_gap: Callable[[], None] | None = None
+        """Called when a scope's watch fails: its Secrets may change unseen meanwhile."""
+
+    def tracks(self, key: tuple[str, str]) -> bool:
+        """Whether changes of this Secret reach the operator right now."""
+        return key in self._tracked and not self._broken
 
     def start(self) -> None:
         self._session = self._connection.session()
@@ -109,6 +118,8 @@ class LabelledSecretWatch:
         return f"/api/v1/namespaces/{scope}/secrets" if scope else "/api/v1/secrets"
 
     async def _keep_watching(self, scope: str | None) -> None:
+        """List and watch until cancelled. Nothing but cancellation ends it: a failure of
+        the API server or of the listener means a pause and a fresh list."""
         known: dict[tuple[str, str], str] = {}  # key -> resourceVersion, to spot deletions
         first = True
         failures = 0
@@ -116,20 +127,33 @@ class LabelledSecretWatch:
             try:
                 version = await self._relist(scope, known, first)
                 first, failures = False, 0
+                self._broken.discard(scope)
                 while True:
+                    started = time.monotonic()
                     version = await self._watch(scope, version, known)
+                    if time.monotonic() - started < SHORTEST_STREAM:
+                        await asyncio.sleep(SHORTEST_STREAM)  # no hot loop on empty streams
             except _Expired:
                 log.debug("Secret watch %s expired; listing again", scope or "(all)")
-            except (WatchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                await asyncio.sleep(0.2)
+            except Exception as exc:  # never ends the watch; says what, never any data
+                self._mark_broken(scope)
                 failures += 1
                 delay = min(self._retry_max, 0.5 * 2 ** min(failures, 10))
+                reason = str(exc) if isinstance(exc, WatchFailed) else type(exc).__name__
                 log.warning(
                     "Watch of labelled Secrets in %s failed (%s); retrying in %.1f s",
                     scope or "all namespaces",
-                    exc,
+                    reason,
                     delay,
                 )
                 await asyncio.sleep(delay)
+
+    def _mark_broken(self, scope: str | None) -> None:
+        if scope not in self._broken:
+            self._broken.add(scope)
+            if self.on_gap is not None:
+                self.on_gap()
 
     async def _relist(
         self, scope: str | None, known: dict[tuple[str, str], str], first: bool
@@ -144,12 +168,10 @@ class LabelledSecretWatch:
                 await self._listener(event)
         for namespace, name in set(known) - set(listed):
             await self._listener(SecretEvent(namespace, name, "", None))
+            self._tracked.pop((namespace, name), None)
         known.clear()
         known.update(listed)
-        if first:
-            self._listed_scopes.add(scope)
-            if len(self._listed_scopes) == len(self._scopes):
-                self.listed.set()
+        self._tracked.update(listed)
         return version
 
     async def _list(self, scope: str | None) -> tuple[str, list[Mapping[str, Any]]]:
@@ -215,11 +237,14 @@ class LabelledSecretWatch:
         version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             secret_event = SecretEvent.of(obj, deleted=kind == "DELETED", initial=False)
+            if kind == "DELETED":  # before the listener: a read meanwhile is not tracked
+                self._tracked.pop(secret_event.key, None)
+            await self._listener(secret_event)
+            # Only once the listener has it: if it failed, the next list delivers it again.
             if kind == "DELETED":
                 known.pop(secret_event.key, None)
             else:
-                known[secret_event.key] = secret_event.version
-            await self._listener(secret_event)
+                known[secret_event.key] = self._tracked[secret_event.key] = secret_event.version
         return version  # BOOKMARK events only move the version
 
 
