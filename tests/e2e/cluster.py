@@ -263,3 +263,42 @@ def callback_manifest(name: str, namespace: str, account: str, **spec: Any) -> d
 
 def apply(plane: Cluster, *manifests: dict[str, Any], check: bool = True) -> Any:
     return plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests), check=check)
+
+
+# --- what tests read back ---------------------------------------------------------------
+
+
+def status_of(plane: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
+    return dict(obj.get("status") or {})
+
+
+def condition(plane: Cluster, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    for item in status_of(plane, namespace, name).get("conditions") or ():
+        if item["type"] == kind:
+            return dict(item)
+    return {}
+
+
+def settled(plane: Cluster, namespace: str, name: str) -> bool:
+    """The latest spec is handled: Ready, for this generation."""
+    obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
+    ready = [c for c in obj.get("status", {}).get("conditions", ()) if c["type"] == "Ready"]
+    return bool(
+        ready
+        and ready[0]["status"] == "True"
+        and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+    )
+
+
+def wait_ready(plane: Cluster, namespace: str, name: str) -> None:
+    plane.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"tscb/{name}", "--timeout=60s")
+
+
+def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]:
+    items = plane.kubectl_json("-n", namespace, "get", "events")["items"]
+    return [
+        item.get("reason", "")
+        for item in items
+        if name is None or item.get("involvedObject", {}).get("name") == name
+    ]

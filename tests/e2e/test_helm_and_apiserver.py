@@ -20,10 +20,11 @@ from tests.e2e.cluster import (
     eventually,
     needs_control,
     secret_manifest,
+    settled,
     unique,
+    wait_ready,
 )
 from tests.e2e.controlplane import Cluster, ControlPlane
-from tests.e2e.test_lifecycle import settled, wait_ready
 
 ACCOUNT = "0000424242-00001"
 

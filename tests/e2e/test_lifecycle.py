@@ -6,7 +6,6 @@ with what the operator used, from the API server's audit log."""
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,10 +18,15 @@ from tests.e2e.cluster import (
     Simulator,
     apply,
     callback_manifest,
+    condition,
+    events,
     eventually,
     needs_control,
     secret_manifest,
+    settled,
+    status_of,
     unique,
+    wait_ready,
 )
 from tests.e2e.controlplane import Cluster
 from tests.e2e.rbac import granted_rules, unused_grants, used_requests
@@ -86,33 +90,6 @@ def installed(
         release.uninstall()
 
 
-def status_of(plane: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
-    return dict(obj.get("status") or {})
-
-
-def condition(plane: Cluster, namespace: str, name: str, kind: str) -> dict[str, Any]:
-    for item in status_of(plane, namespace, name).get("conditions") or ():
-        if item["type"] == kind:
-            return dict(item)
-    return {}
-
-
-def settled(plane: Cluster, namespace: str, name: str) -> bool:
-    """The latest spec is handled: Ready, for this generation."""
-    obj = plane.kubectl_json("-n", namespace, "get", "tscb", name)
-    ready = [c for c in obj.get("status", {}).get("conditions", ()) if c["type"] == "Ready"]
-    return bool(
-        ready
-        and ready[0]["status"] == "True"
-        and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
-    )
-
-
-def wait_ready(plane: Cluster, namespace: str, name: str) -> None:
-    plane.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"tscb/{name}", "--timeout=60s")
-
-
 def test_create_update_drift_and_delete(installed: Installation) -> None:
     plane, sim = installed.plane, installed.sim
     namespace, account = installed.namespace(), installed.account()
@@ -135,15 +112,6 @@ def test_create_update_drift_and_delete(installed: Installation) -> None:
     plane.kubectl("-n", namespace, "delete", "tscb", "qos", "--timeout=60s")
     assert "QoS" not in sim.live(account)
     assert "Deregistered" in events(plane, namespace)
-
-
-def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]:
-    items = plane.kubectl_json("-n", namespace, "get", "events")["items"]
-    return [
-        item.get("reason", "")
-        for item in items
-        if name is None or item.get("involvedObject", {}).get("name") == name
-    ]
 
 
 def with_listener_auth(installed: Installation, password: str) -> tuple[str, str, dict[str, str]]:

@@ -4,6 +4,7 @@ refusals, and never asks for a Secret without the label selector."""
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -71,16 +72,24 @@ async def api() -> AsyncIterator[tuple[ScriptedApiServer, str]]:
             [{"type": "ADDED", "object": secret("c", 21)}],
         ],
     )
+    async with serving(server) as url:
+        yield server, url
+
+
+@contextlib.asynccontextmanager
+async def serving(server: ScriptedApiServer) -> AsyncIterator[str]:
+    """The scripted server on a free loopback port; its URL."""
     app = aiohttp.web.Application()
     app.router.add_get("/api/v1/secrets", server.handle)
     runner = aiohttp.web.AppRunner(app)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    yield server, f"http://127.0.0.1:{port}"
-    server.closing.set()
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        server.closing.set()
+        await runner.cleanup()
 
 
 async def test_watch_relists_on_gone_and_reports_what_vanished(
@@ -157,14 +166,6 @@ async def test_a_failing_listener_neither_ends_the_watch_nor_loses_the_event() -
         ],
         watches=[[{"type": "MODIFIED", "object": secret("a", 11)}], []],
     )
-    app = aiohttp.web.Application()
-    app.router.add_get("/api/v1/secrets", server.handle)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    configuration = kubernetes.client.Configuration()
-    configuration.host = f"http://127.0.0.1:{runner.addresses[0][1]}"
     seen: list[str] = []
     gaps: list[bool] = []
 
@@ -173,17 +174,19 @@ async def test_a_failing_listener_neither_ends_the_watch_nor_loses_the_event() -
         if seen == ["1", "11"]:
             raise RuntimeError("the API server said 503")
 
-    watch = LabelledSecretWatch(KubeConnection(configuration), listener, retry_max_seconds=0.05)
-    watch.on_gap = lambda: gaps.append(True)
-    watch.start()
-    try:
-        async with asyncio.timeout(10):
-            while len(seen) < 3:
-                await asyncio.sleep(0.02)
-        assert watch.tracks(("iot", "a"))
-    finally:
-        await watch.stop()
-        server.closing.set()
-        await runner.cleanup()
+    async with serving(server) as url:
+        configuration = kubernetes.client.Configuration()
+        configuration.host = url
+        connection = KubeConnection(configuration)
+        watch = LabelledSecretWatch(connection, listener, retry_max_seconds=0.05)
+        watch.on_gap = lambda: gaps.append(True)
+        watch.start()
+        try:
+            async with asyncio.timeout(10):
+                while len(seen) < 3:
+                    await asyncio.sleep(0.02)
+            assert watch.tracks(("iot", "a"))
+        finally:
+            await watch.stop()
     assert seen == ["1", "11", "11"]
     assert gaps == [True]
