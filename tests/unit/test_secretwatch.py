@@ -190,3 +190,28 @@ async def test_a_failing_listener_neither_ends_the_watch_nor_loses_the_event() -
             await watch.stop()
     assert seen == ["1", "11", "11"]
     assert gaps == [True]
+
+
+async def test_a_watch_gone_again_and_again_backs_off_and_reports_a_gap() -> None:
+    """One 410 relists at once; 410 after 410 is a fault: back off, report the gap."""
+    expired = {"type": "ERROR", "object": {"code": 410, "reason": "Expired"}}
+    listing = {"metadata": {"resourceVersion": "10"}, "items": [secret("a", 1)]}
+    server = ScriptedApiServer(lists=[listing] * 4, watches=[[expired]] * 3 + [[]])
+    gaps: list[float] = []
+
+    async def listener(event: SecretEvent) -> None:
+        pass
+
+    async with serving(server) as url:
+        configuration = kubernetes.client.Configuration()
+        configuration.host = url
+        watch = LabelledSecretWatch(KubeConnection(configuration), listener, retry_max_seconds=0.3)
+        watch.on_gap = lambda: gaps.append(asyncio.get_running_loop().time())
+        watch.start()
+        try:
+            async with asyncio.timeout(10):
+                while server.lists:
+                    await asyncio.sleep(0.02)
+        finally:
+            await watch.stop()
+    assert len(gaps) == 1  # the third 410 in a row, not the first two

@@ -79,6 +79,8 @@ class SecretReader:
         known = self._known.get((namespace, name))
         if known is None or not _older(version, known.version):
             at = time.monotonic() if at is None else at
+            if known is not None and known.version == version:
+                at = max(at, known.fetched_at)  # an older read of the same version
             self._known[(namespace, name)] = _Known(version, dict(data), watched, at)
 
     def forget(self, namespace: str, name: str) -> None:

@@ -122,32 +122,42 @@ class LabelledSecretWatch:
         the API server or of the listener means a pause and a fresh list."""
         known: dict[tuple[str, str], str] = {}  # key -> resourceVersion, to spot deletions
         first = True
-        failures = 0
+        failures = 0  # in a row: only a stream that lasted resets it
         while True:
             try:
                 version = await self._relist(scope, known, first)
-                first, failures = False, 0
+                first = False
                 self._broken.discard(scope)
                 while True:
                     started = time.monotonic()
                     version = await self._watch(scope, version, known)
-                    if time.monotonic() - started < SHORTEST_STREAM:
+                    if time.monotonic() - started >= SHORTEST_STREAM:
+                        failures = 0
+                    else:
                         await asyncio.sleep(SHORTEST_STREAM)  # no hot loop on empty streams
             except _Expired:
-                log.debug("Secret watch %s expired; listing again", scope or "(all)")
-                await asyncio.sleep(0.2)
-            except Exception as exc:  # never ends the watch; says what, never any data
-                self._mark_broken(scope)
+                # Normal once in a while (compaction); over and over, a fault like any other.
                 failures += 1
-                delay = min(self._retry_max, 0.5 * 2 ** min(failures, 10))
+                if failures < 3:
+                    log.debug("Secret watch %s expired; listing again", scope or "(all)")
+                    continue
+                await self._pause(scope, failures, "410 Gone again and again")
+            except Exception as exc:  # never ends the watch; says what, never any data
+                failures += 1
                 reason = str(exc) if isinstance(exc, WatchFailed) else type(exc).__name__
-                log.warning(
-                    "Watch of labelled Secrets in %s failed (%s); retrying in %.1f s",
-                    scope or "all namespaces",
-                    reason,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._pause(scope, failures, reason)
+
+    async def _pause(self, scope: str | None, failures: int, reason: str) -> None:
+        """Report the gap, then back off exponentially before listing again."""
+        self._mark_broken(scope)
+        delay = min(self._retry_max, 0.5 * 2 ** min(failures, 10))
+        log.warning(
+            "Watch of labelled Secrets in %s failed (%s); retrying in %.1f s",
+            scope or "all namespaces",
+            reason,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
     def _mark_broken(self, scope: str | None) -> None:
         if scope not in self._broken:
@@ -167,8 +177,8 @@ class LabelledSecretWatch:
             if known.get(event.key) != event.version:
                 await self._listener(event)
         for namespace, name in set(known) - set(listed):
+            self._tracked.pop((namespace, name), None)  # first: a read meanwhile is untracked
             await self._listener(SecretEvent(namespace, name, "", None))
-            self._tracked.pop((namespace, name), None)
         known.clear()
         known.update(listed)
         self._tracked.update(listed)
