@@ -112,6 +112,7 @@ class DriftSweep:
         self._tracked: dict[Key, Tracked] = {}
         self._handled_at: dict[Key, float] = {}
         self._requested: dict[Key, float] = {}
+        self._secrets_read: dict[Key, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._before_each: Callable[[], Awaitable[None]] | None = None
         self.sweeps = 0
@@ -131,7 +132,7 @@ class DriftSweep:
         self._tracked[tracked.key] = tracked
 
     def forget(self, namespace: str, name: str) -> None:
-        for bookkeeping in (self._tracked, self._handled_at, self._requested):
+        for bookkeeping in (self._tracked, self._handled_at, self._requested, self._secrets_read):
             bookkeeping.pop((namespace, name), None)
 
     def handled(self, namespace: str, name: str, at: float | None = None) -> None:
@@ -145,6 +146,14 @@ class DriftSweep:
 
     def take_request(self, key: Key) -> float | None:
         return self._requested.pop(key, None)
+
+    def secrets_read(self, key: Key, at: float) -> None:
+        """The operator read this resource's changed Secret at ``at`` and asks it to
+        reconcile: that read will do, so a thousand users of one Secret cost no more GETs."""
+        self._secrets_read[key] = at
+
+    def take_secrets_read(self, key: Key) -> float | None:
+        return self._secrets_read.pop(key, None)
 
     def registration_of(self, key: Key) -> tuple[str, str] | None:
         """(account, service) of a known resource, for log lines."""

@@ -103,9 +103,12 @@ def build_registry(
     ) -> None:
         """A new annotation value: reconcile at once, with a list fetched from now on (or,
         when a drift check asked, with the list that check fetched)."""
-        listed_since = memo["runtime"].sweep.take_request((namespace or "", name))
+        key = (namespace or "", name)
+        listed_since = memo["runtime"].sweep.take_request(key)
         if listed_since is None:
-            trigger, label = Trigger(not_before=time.monotonic()), "requested"
+            secrets_read = memo["runtime"].sweep.take_secrets_read(key)
+            trigger = Trigger(not_before=time.monotonic(), secrets_read_after=secrets_read)
+            label = "requested"
         else:
             trigger, label = Trigger(not_before=listed_since, drift_check=True), "drift_check"
         await sync_and_report(
@@ -169,10 +172,15 @@ async def secret_changed(runtime: Runtime, users: SecretUsers, event: SecretEven
     await reconcile_users(runtime, users, key)
 
 
-async def reconcile_users(runtime: Runtime, users: SecretUsers, key: tuple[str, str]) -> None:
-    """Ask every resource that references the Secret ``key`` to reconcile now. One that
-    cannot be asked is left to its drift check, which sees the new values too."""
+async def reconcile_users(
+    runtime: Runtime, users: SecretUsers, key: tuple[str, str], read_at: float | None = None
+) -> None:
+    """Ask every resource that references the Secret ``key`` to reconcile now (with the
+    read made at ``read_at``, if any). One that cannot be asked is left to its drift check,
+    which sees the new values too."""
     for user in sorted(set(users.get(key, ()))):
+        if read_at is not None:
+            runtime.sweep.secrets_read((key[0], user), read_at)
         try:
             await runtime.resources.request_reconcile(key[0], user)
         except Exception as exc:
@@ -194,13 +202,14 @@ async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> Non
 
     async def refresh(key: tuple[str, str]) -> None:
         async with gate:
+            read_at = time.monotonic()  # the GET below starts later: its data will do
             try:
-                changed = await runtime.secrets.refresh(*key)
+                changed = await runtime.secrets.refresh(*key, fresh_after=read_at)
             except Exception as exc:  # the API server is down: try again next period
                 log.warning("Could not read Secret %s/%s again: %s", *key, type(exc).__name__)
                 return
         if changed:
-            await reconcile_users(runtime, users, key)
+            await reconcile_users(runtime, users, key, read_at)
 
     await asyncio.gather(*(refresh(key) for key in runtime.secrets.unwatched()))
 

@@ -162,6 +162,13 @@ class Trigger:
     not_before: float | None = None  # monotonic time; None: the config's max age
     drift_check: bool = False  # a periodic check: corrections are DriftCorrected
     check_only: bool = False  # observe and plan, but leave any write to a handler
+    secrets_read_after: float | None = None
+    """Secrets read since then will do (default: ``not_before``). Set when the operator
+    itself just read the Secret whose change asked for this reconcile."""
+
+    @property
+    def secrets_fresh_after(self) -> float | None:
+        return self.not_before if self.secrets_read_after is None else self.secrets_read_after
 
 
 async def sync(
@@ -182,7 +189,7 @@ async def sync(
             return _suspended()
         if rival is not None:
             return _conflict(spec, rival)
-        desired, view = await _prepare(namespace, spec, runtime, trigger.not_before)
+        desired, view = await _prepare(namespace, spec, runtime, trigger.secrets_fresh_after)
         async with runtime.lock_for(spec.account_name, spec.service_name):
             return await _sync_locked(spec, desired, view, runtime, trigger)
     except Exception as exc:

@@ -218,6 +218,35 @@ async def test_startup_fails_clearly_when_the_crd_is_not_served(
     assert "install the CRD" in repr(failure.value.__cause__ or failure.value)
 
 
+async def test_a_changed_unlabelled_secret_is_read_once_for_all_its_users(
+    start_operator: OperatorFactory, cluster: Cluster, k8s: KubernetesEmulator, sim: SimulatorServer
+) -> None:
+    """The read that found the change serves every resource it asks to reconcile."""
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS, labelled=False)
+    await cluster.apply_secret(
+        "cb", {"username": "listener", "password": "first-pass"}, labelled=False
+    )
+    await start_operator(resync_seconds=PERIOD)
+    services = ["QoS", "CarrierService", "DeviceUsage", "NiddService", "StateService"]
+    for service in services:
+        await cluster.create_callback(
+            service.lower(), serviceName=service, callbackCredentialsSecretRef={"name": "cb"}
+        )
+    await eventually(lambda: all(ready(cluster, s.lower()) for s in services))
+    reads_before = len(operator_secret_reads(k8s))
+    await cluster.apply_secret(
+        "cb", {"username": "listener", "password": "second-pass"}, labelled=False
+    )
+
+    def all_rotated() -> bool:
+        live = sim.state.registrations.get(ACCOUNT, {})
+        return all(live[s].password == "second-pass" for s in services)
+
+    await eventually(all_rotated, timeout=WITHIN_ONE_PERIOD)
+    reads = [name for _, _, name in operator_secret_reads(k8s)[reads_before:] if name == "cb"]
+    assert len(reads) <= 2, reads  # the periodic read, and at most one drift check's
+
+
 async def test_an_unlabelled_change_reaches_even_a_resource_the_sweep_skips(
     start_operator: OperatorFactory, cluster: Cluster, sim: SimulatorServer
 ) -> None:

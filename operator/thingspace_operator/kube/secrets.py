@@ -96,11 +96,12 @@ class SecretReader:
         """Known Secrets no watch keeps fresh."""
         return [key for key, known in self._known.items() if not known.watched]
 
-    async def refresh(self, namespace: str, name: str) -> bool:
-        """Read the Secret again; True if its data changed or it is gone."""
+    async def refresh(self, namespace: str, name: str, fresh_after: float | None = None) -> bool:
+        """Read the Secret again (a read started after ``fresh_after``); True if its data
+        changed or it is gone."""
         before = self._known.get((namespace, name))
         try:
-            after = await self._fetch_once(namespace, name)
+            after = await self._fetch_once(namespace, name, fresh_after)
         except CredentialsNotFound:
             return before is not None
         return before is None or before.data != after.data
