@@ -260,3 +260,22 @@ async def test_a_secret_the_operator_may_no_longer_read_is_forgotten() -> None:
     with pytest.raises(CredentialsNotFound, match="403"):
         await reader.read("ns", "s", fresh_after=time.monotonic())
     assert not reader.knows("ns", "s")
+
+
+async def test_a_missing_secret_costs_one_read_per_period_however_many_wait() -> None:
+    """A drift period's checks of many resources waiting on one missing Secret share the
+    read that found it missing; a later period reads again."""
+    reader = SecretReader(kubernetes.client.ApiClient())
+    core = reader._core = _StubCore()  # type: ignore[assignment]
+    core.release.set()
+    core.status = 404
+    period_start = time.monotonic()
+    for _ in range(5):
+        with pytest.raises(CredentialsNotFound, match="not found"):
+            await reader.read("ns", "s", fresh_after=period_start)
+    assert core.reads == 1
+    with pytest.raises(CredentialsNotFound):
+        await reader.read("ns", "s", fresh_after=time.monotonic())  # the next period
+    assert core.reads == 2
+    core.status = None
+    assert await reader.read("ns", "s")  # a handler always reads: it is there now

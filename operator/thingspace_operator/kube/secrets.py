@@ -55,6 +55,9 @@ class SecretReader:
         self._known: dict[tuple[str, str], _Known] = {}
         # One GET in flight per Secret, with the time it started.
         self._fetching: dict[tuple[str, str], tuple[float, asyncio.Future[_Known]]] = {}
+        # Secrets a read found missing (or forbidden): when that read started, and why. A
+        # drift period's checks of many resources waiting on one Secret then cost one GET.
+        self._absent: dict[tuple[str, str], tuple[float, str]] = {}
         self.tracked: Callable[[tuple[str, str]], bool] = lambda _: False
         """Whether the Secret watch follows a Secret now: only then is what a GET read of it
         kept fresh without reading again (set when the watch starts)."""
@@ -77,6 +80,7 @@ class SecretReader:
     ) -> None:
         """Keep the Secret's (encoded) data unless a newer version is already known."""
         known = self._known.get((namespace, name))
+        self._absent.pop((namespace, name), None)
         if known is None or not _older(version, known.version):
             at = time.monotonic() if at is None else at
             if known is not None and known.version == version:
@@ -111,6 +115,8 @@ class SecretReader:
         keep = set(keys)
         for key in set(self._known) - keep:
             del self._known[key]
+        for key in set(self._absent) - keep:
+            del self._absent[key]
 
     async def read(
         self, namespace: str, name: str, fresh_after: float | None = None
@@ -120,6 +126,9 @@ class SecretReader:
         ``fresh_after`` (monotonic time): an unwatched Secret read before then is read again.
         """
         known = self._known.get((namespace, name))
+        absent = self._absent.get((namespace, name))
+        if known is None and absent and fresh_after is not None and absent[0] >= fresh_after:
+            raise CredentialsNotFound(absent[1])  # found missing recently enough: no GET again
         if known is None or not (
             known.watched or fresh_after is None or known.fetched_at >= fresh_after
         ):
@@ -148,15 +157,16 @@ class SecretReader:
         try:
             secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
-            if exc.status == 404:
-                self.forget(namespace, name)
-                raise CredentialsNotFound(f"Secret {namespace}/{name} not found") from None
-            if exc.status == 403:
-                self.forget(namespace, name)  # what may no longer be read is not used
-                raise CredentialsNotFound(
-                    f"the operator may not read Secret {namespace}/{name} (HTTP 403)"
-                ) from None
-            raise
+            if exc.status not in (404, 403):
+                raise
+            message = (
+                f"Secret {namespace}/{name} not found"
+                if exc.status == 404
+                else f"the operator may not read Secret {namespace}/{name} (HTTP 403)"
+            )
+            self.forget(namespace, name)  # what is gone, or may no longer be read, is not used
+            self._absent[(namespace, name)] = (started, message)
+            raise CredentialsNotFound(message) from None
         meta = secret.metadata
         version = str(meta.resource_version or "") if meta else ""
         labelled = bool(meta and (meta.labels or {}).get(CREDENTIALS_LABEL) == "true")
