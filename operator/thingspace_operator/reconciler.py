@@ -79,11 +79,12 @@ class Runtime:
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
         metrics = Metrics()
+        connection = KubeConnection(api_client.configuration)
         return cls(
             config=config,
             secrets=SecretReader(api_client),
-            resources=CallbackResources(api_client),
-            connection=KubeConnection(api_client.configuration),
+            resources=CallbackResources(api_client, connection),
+            connection=connection,
             clients=ClientPool(
                 config.api_url, config.request_timeout_seconds, metrics.observe_call
             ),
@@ -124,6 +125,8 @@ class Runtime:
         await self.sweep.stop()
         if self.secret_watch is not None:
             await self.secret_watch.stop()
+        await self.views.close()
+        await self.resources.close()
         await self.clients.close()
         self.metrics.stop()
 

@@ -11,6 +11,7 @@ import kubernetes.client
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from tests.conftest import eventually
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.kube.secrets import (
     CredentialsInvalid,
@@ -241,14 +242,17 @@ async def test_secret_reads_are_shared_only_when_fresh_enough() -> None:
     reader = SecretReader(kubernetes.client.ApiClient())
     core = reader._core = _StubCore()  # type: ignore[assignment]
     first = asyncio.ensure_future(reader.read("ns", "s"))
-    await asyncio.sleep(0.05)  # the first read is in flight
+    await eventually(lambda: core.reads == 1, what="the first read in flight")
     joined = asyncio.ensure_future(reader.read("ns", "s"))
     newer = asyncio.ensure_future(reader.read("ns", "s", fresh_after=time.monotonic()))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: core.reads == 2, what="the newer read in flight")
     core.release.set()
     results = await asyncio.gather(first, joined, newer)
     assert core.reads == 2  # the newer read did not settle for the one already in flight
-    assert results[0] == results[1] == {"password": "read-1"}
+    assert results[2] == {"password": "read-2"}
+    # The first two shared one read; it answers with the newest data known when it ends
+    # (read-2 when the newer GET happened to finish first).
+    assert results[0] == results[1]
 
 
 async def test_a_secret_the_operator_may_no_longer_read_is_forgotten() -> None:

@@ -2,16 +2,23 @@
 
 import asyncio
 import datetime
+import json
 
+import aiohttp
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from ..model import GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
+from .connection import KubeConnection
+
+TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 
 
 class CallbackResources:
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient, connection: KubeConnection) -> None:
         self._api = kubernetes.client.CustomObjectsApi(api_client)
+        self._connection = connection
+        self._session: aiohttp.ClientSession | None = None
 
     async def served(self) -> bool:
         """Whether discovery lists the ThingSpaceCallback resource (no RBAC needed)."""
@@ -28,22 +35,29 @@ class CallbackResources:
         False: the resource no longer exists.
 
         Used when a referenced Secret changes, when a contested registration is handed
-        over, and when a drift check finds something to correct.
+        over, and when a drift check finds something to correct. Sent with aiohttp, not the
+        ``kubernetes`` client's thread: cancelled at shutdown, it stops at once instead of
+        landing after the Lease was handed over.
         """
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         body = {"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: stamp}}}
-        try:
-            await asyncio.to_thread(
-                self._api.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                body,
-            )
-        except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing left to reconcile
-                raise
-            return False
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        headers = {**self._connection.headers(), "Content-Type": "application/merge-patch+json"}
+        async with self._client().patch(
+            self._connection.url(path), data=json.dumps(body), headers=headers, timeout=TIMEOUT
+        ) as response:
+            if response.status == 404:  # deleted meanwhile: nothing left to reconcile
+                return False
+            if response.status >= 300:
+                raise ApiException(status=response.status, reason=response.reason)
         return True
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = self._connection.session()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -103,6 +103,14 @@ class AccountView:
             self._cached = observation
         return observation
 
+    async def close(self) -> None:
+        """Abandon a list in flight: on shutdown nobody waits for it, and no call may
+        follow the operator's stop (a standby may be about to take over)."""
+        if self._inflight is not None:
+            task = self._inflight[1]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def _writes_settled(self) -> None:
         """Wait until no write is in flight, but not longer than WRITE_SETTLE_SECONDS: a
         steady stream of writes must not starve the list that verifies them."""
@@ -174,3 +182,6 @@ class AccountViews:
             view = AccountView(client, account, self._max_concurrent_calls, self._calls_per_second)
             self._views[key] = view
         return view
+
+    async def close(self) -> None:
+        await asyncio.gather(*(view.close() for view in self._views.values()))

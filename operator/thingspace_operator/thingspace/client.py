@@ -68,7 +68,9 @@ class ThingSpaceClient:
         await self._call(lambda headers: self._http.deregister(headers, account, service))
 
     async def close(self) -> None:
-        """End the session politely; ThingSpace keeps sending callbacks after a logout."""
+        """Let calls on the wire finish, then end the session politely; ThingSpace keeps
+        sending callbacks after a logout."""
+        await self._http.drain()
         if self._token is None or self._session_token is None:
             return
         headers = SessionHeaders(self._token.access_token, self._session_token)

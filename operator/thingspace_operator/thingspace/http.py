@@ -4,6 +4,7 @@ Stateless apart from the shared aiohttp session. Token and session lifecycles li
 ``client.py``; this module only knows paths, headers, bodies and the error envelopes.
 """
 
+import asyncio
 import email.utils
 import json
 import time
@@ -87,6 +88,7 @@ class ThingSpaceHTTP:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._observer = observer
+        self._on_the_wire: set[asyncio.Future[Any]] = set()
 
     async def fetch_token(self, app_key: str, app_secret: str) -> OAuthToken:
         body = await self._send(
@@ -158,12 +160,30 @@ class ThingSpaceHTTP:
         started = time.monotonic()
         error: BaseException | None = None
         try:
-            return await self._exchange(method, path, endpoint=endpoint, **kwargs)
+            # A request once sent is never cut halfway: a caller cancelled at shutdown stops
+            # waiting, but the exchange completes, and ``drain`` waits for it. So when the
+            # Lease is released, every call this process made has had its effect, and the
+            # next leader's first list sees it.
+            exchange = asyncio.ensure_future(
+                self._exchange(method, path, endpoint=endpoint, **kwargs)
+            )
+            self._on_the_wire.add(exchange)
+            exchange.add_done_callback(self._landed)
+            return await asyncio.shield(exchange)
         except BaseException as exc:
             error = exc
             raise
         finally:
             self._observer(endpoint, error, time.monotonic() - started)
+
+    def _landed(self, exchange: "asyncio.Future[Any]") -> None:
+        self._on_the_wire.discard(exchange)
+        if not exchange.cancelled():
+            exchange.exception()  # retrieved: its caller may be gone
+
+    async def drain(self) -> None:
+        """Wait for the requests on the wire (each ends within the request timeout)."""
+        await asyncio.gather(*self._on_the_wire, return_exceptions=True)
 
     async def _exchange(
         self,
