@@ -1,6 +1,7 @@
 """Command-line entry points: ``thingspace-operator run`` and ``thingspace-sim``."""
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -8,10 +9,8 @@ from collections.abc import Sequence
 import kopf
 import kubernetes
 
-from . import logs
+from . import runner
 from .config import OperatorConfig
-from .handlers import build_registry
-from .reconciler import Runtime
 from .thingspace.simulator import run_simulator, simulator_config_from_args
 
 
@@ -46,7 +45,25 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
         help="watch Secrets labelled thingspace.io/credentials=true (default on) "
         "[THINGSPACE_SECRET_WATCH]",
     )
-    run.add_argument("--health-port", type=int, help="liveness port [THINGSPACE_HEALTH_PORT]")
+    election = run.add_argument_group("leader election (several replicas, one acts)")
+    election.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="act only while holding the leader Lease (default off; the chart turns it on) "
+        "[THINGSPACE_LEADER_ELECT]",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        help="namespace of the Lease (default: the pod's) [THINGSPACE_LEADER_ELECTION_NAMESPACE]",
+    )
+    election.add_argument(
+        "--leader-election-id",
+        help="name of the Lease (default thingspace-operator) [THINGSPACE_LEADER_ELECTION_ID]",
+    )
+    run.add_argument(
+        "--health-port", type=int, help="/healthz and /readyz port [THINGSPACE_HEALTH_PORT]"
+    )
     run.add_argument("--metrics-port", type=int, help="metrics port [THINGSPACE_METRICS_PORT]")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [THINGSPACE_LOG_LEVEL]")
     run.add_argument(
@@ -58,6 +75,9 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
             api_url=args.api_url,
             resync_seconds=args.resync_seconds,
             secret_watch=args.secret_watch,
+            leader_elect=args.leader_elect,
+            leader_election_namespace=args.leader_election_namespace,
+            leader_election_id=args.leader_election_id,
             health_port=args.health_port,
             metrics_port=args.metrics_port,
             log_level=args.log_level,
@@ -71,17 +91,8 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_operator(config: OperatorConfig) -> None:
-    runtime = Runtime.create(config, kubernetes_api_client())
     configure_logging(config)
-    logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
-    kopf.run(
-        registry=build_registry(config),
-        memo=kopf.Memo(runtime=runtime),
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
-    )
+    asyncio.run(runner.run(config, kubernetes_api_client()))
 
 
 def kubernetes_api_client() -> kubernetes.client.ApiClient:

@@ -44,6 +44,25 @@ class OperatorConfig:
     once. Off: the operator needs only ``get`` on Secrets, and every change applies within
     one drift period."""
 
+    leader_elect: bool = False
+    """Run as one of several replicas: act only while holding the leader Lease."""
+
+    leader_election_namespace: str = ""
+    """Namespace of the Lease; empty: the pod's namespace (POD_NAMESPACE or the service
+    account's), else ``default``."""
+
+    leader_election_id: str = "thingspace-operator"
+    """Name of the Lease."""
+
+    lease_duration_seconds: float = 15.0
+    """How long a standby waits, after the Lease last changed, before taking it over."""
+
+    renew_deadline_seconds: float = 10.0
+    """How long a leader keeps acting without a successful renewal; then it exits."""
+
+    retry_period_seconds: float = 2.0
+    """How often the leader renews and a standby tries to acquire."""
+
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"
@@ -75,6 +94,15 @@ class OperatorConfig:
             raise ValueError("max_concurrent_calls_per_account must be at least 1")
         if self.log_format not in ("text", "json"):
             raise ValueError("log format must be 'text' or 'json'")
+        if not (
+            self.lease_duration_seconds
+            > self.renew_deadline_seconds
+            > 1.2 * self.retry_period_seconds
+            > 0
+        ):
+            raise ValueError(
+                "leader election needs lease duration > renew deadline > 1.2 x retry period > 0"
+            )
         if not self.api_url.startswith(("http://", "https://")):
             raise ValueError("THINGSPACE_API_URL must be an http(s) URL")
         return self

@@ -82,6 +82,13 @@ class Metrics:
             "Registrations the operator currently holds as declared.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "thingspace_leader",
+            "1 while this process acts (holds the leader Lease, or runs without leader "
+            "election); 0 on a standby.",
+            registry=self.registry,
+        )
+        self.leader.set(1)
         self._states: dict[str, ResourceState] = {}
         self._server: WSGIServer | None = None
 
@@ -116,7 +123,8 @@ class Metrics:
 
     def serve(self, port: int) -> int:
         """Serve /metrics on ``port`` (0: any free port) in a thread; returns the port."""
-        self._server, _thread = start_http_server(port, registry=self.registry)
+        if self._server is None:  # the CLI serves it before leader election; kopf again
+            self._server, _thread = start_http_server(port, registry=self.registry)
         return int(self._server.server_port)
 
     def stop(self) -> None:

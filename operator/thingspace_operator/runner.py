@@ -1,0 +1,180 @@
+"""The operator process: health endpoints, leader election, then kopf.
+
+With leader election, a standby serves /healthz, /readyz and /metrics and reads the Lease;
+nothing else. kopf (every watch, handler, ThingSpace call and status write) starts only
+once the Lease is held, and the Lease is released only after kopf has stopped.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import kopf
+import kubernetes
+from aiohttp import web
+
+from . import logs
+from .config import OperatorConfig
+from .handlers import build_registry
+from .kube.leader import Fence, LeaderElector, LeaseConfig
+from .reconciler import Runtime
+
+log = logging.getLogger(__name__)
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+async def run(config: OperatorConfig, api_client: kubernetes.client.ApiClient) -> None:
+    runtime = Runtime.create(config, api_client)
+    logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
+    runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
+    elector = None
+    if config.leader_elect:
+        elector = LeaderElector(
+            runtime.connection,
+            lease_config(config),
+            on_change=lambda: runtime.metrics.leader.set(elector is not None and elector.leading),
+        )
+    runtime.metrics.leader.set(elector is None or elector.leading)
+    health = await serve_health(config.health_port, elector)
+    try:
+        if elector is None:
+            await run_kopf(config, runtime, asyncio.Event())
+        else:
+            await lead(config, runtime, elector)
+    finally:
+        await health.cleanup()
+        runtime.metrics.stop()
+
+
+async def lead(config: OperatorConfig, runtime: Runtime, elector: LeaderElector) -> None:
+    """Wait for the Lease, act while it is held, release it after acting stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)  # kopf takes these over once it runs
+    log.info("Waiting to lead: lease %s/%s, identity %s", *elector.names, elector.config.identity)
+    try:
+        if await stand_by(elector, stop):
+            await act(config, runtime, elector, stop)
+    finally:
+        await elector.close()
+
+
+async def stand_by(elector: LeaderElector, stop: asyncio.Event) -> bool:
+    """True once this process holds the Lease; False if stopped first."""
+    acquiring = asyncio.create_task(elector.acquire(), name="lease acquisition")
+    stopping = asyncio.create_task(stop.wait(), name="stop signal")
+    await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    await cancel(stopping)
+    if acquiring.done() and not stop.is_set():
+        acquiring.result()  # an unexpected failure surfaces here
+        return True
+    await cancel(acquiring)
+    await elector.release()  # its last write may have taken the Lease as it was stopped
+    log.info("Stopped while standing by")
+    return False
+
+
+async def act(
+    config: OperatorConfig, runtime: Runtime, elector: LeaderElector, stop: asyncio.Event
+) -> None:
+    """Run kopf while the Lease is renewed. Renewal lost: end now. kopf stopped (SIGTERM):
+    let calls on the wire land, then hand the Lease over."""
+    identity = elector.config.identity
+    log.info("Became leader: lease %s/%s, identity %s", *elector.names, identity)
+    fence = Fence(lambda: elector.deadline)
+    fence.start()
+    keeper = asyncio.create_task(elector.keep(), name="lease renewal")
+    await elector.announce(f"{identity} became leader")
+    operator = asyncio.create_task(run_kopf(config, runtime, stop), name="operator")
+    await asyncio.wait({keeper, operator}, return_when=asyncio.FIRST_COMPLETED)
+    if not operator.done():
+        fence.trip()  # renewal failed: act no more, now
+    try:
+        await operator
+    finally:
+        await runtime.close()  # again if kopf did: a stop during startup skips its cleanup
+        elector.stop_renewing()
+        await keeper
+        if elector.leading:
+            await elector.announce(f"{identity} stopped leading")
+        await elector.release()
+        fence.stop()
+
+
+async def cancel(task: "asyncio.Task[object]") -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def run_kopf(config: OperatorConfig, runtime: Runtime, stop: asyncio.Event) -> None:
+    await kopf.operator(
+        registry=build_registry(config),
+        memo=kopf.Memo(runtime=runtime, stop_flag=stop),
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        stop_flag=stop,
+    )
+
+
+Env = Mapping[str, str]
+
+
+def lease_config(config: OperatorConfig, env: Env = os.environ) -> LeaseConfig:
+    return LeaseConfig(
+        namespace=config.leader_election_namespace or own_namespace(env),
+        name=config.leader_election_id,
+        identity=own_identity(env),
+        lease_duration=config.lease_duration_seconds,
+        renew_deadline=config.renew_deadline_seconds,
+        retry_period=config.retry_period_seconds,
+    )
+
+
+def own_identity(env: Env) -> str:
+    """The pod name (the chart passes it); outside a pod, the host name plus a random
+    suffix, so two local processes never share an identity."""
+    return env.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+def own_namespace(env: Env) -> str:
+    if env.get("POD_NAMESPACE"):
+        return env["POD_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunner:
+    """/healthz: the process is alive (leader or standby). /readyz: who leads; 503 until
+    the Lease has been read once."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if elector is None:
+            return web.json_response({"leaderElection": False, "leading": True})
+        body = {
+            "leaderElection": True,
+            "identity": elector.config.identity,
+            "leader": elector.leader,
+            "leading": elector.leading,
+            "lease": f"{elector.config.namespace}/{elector.config.name}",
+        }
+        known = elector.observed is not None or elector.leading
+        return web.json_response(body, status=200 if known else 503)
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (probes come from the kubelet)
+    return runner
