@@ -62,6 +62,8 @@ def test_helm_lint_strict(options: list[str]) -> None:
         [],
         NAMESPACED,
         ["--set", "metrics.service.enabled=false", "--set", "crds.enabled=false"],
+        ["--set", "leaderElection.enabled=false", "--set", "replicaCount=1"],
+        ["--set", "replicaCount=3", "--set", "affinity.nodeAffinity=null"],
         [
             "--set",
             "serviceAccount.create=false",
@@ -77,7 +79,7 @@ def test_helm_lint_strict(options: list[str]) -> None:
             "extraEnv[0].value=http://proxy:3128",
         ],
     ],
-    ids=["defaults", "namespaced", "minimal", "options"],
+    ids=["defaults", "namespaced", "minimal", "single", "three", "options"],
 )
 def test_rendered_manifests_are_valid_kubernetes(options: list[str], tmp_path: Path) -> None:
     docs = render(*options)
@@ -152,7 +154,10 @@ def test_cluster_wide_rbac_is_least_privilege() -> None:
     docs = render()
     roles = {doc["metadata"]["name"]: doc["rules"] for doc in by_kind(docs, "ClusterRole")}
     assert roles == {"tso-thingspace-operator": NAMESPACED_RULES}
-    assert by_kind(docs, "Role") == []
+    # The only Role: the Lease, in the release namespace.
+    assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == [
+        "tso-thingspace-operator-leader-election"
+    ]
     assert (
         "--all-namespaces" in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     )
@@ -160,7 +165,7 @@ def test_cluster_wide_rbac_is_least_privilege() -> None:
 
 def test_namespaced_mode_uses_roles_per_namespace() -> None:
     docs = render(*NAMESPACED)
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if "leader-election" not in r["metadata"]["name"]]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(r["rules"] == NAMESPACED_RULES for r in roles)
     bindings = by_kind(docs, "RoleBinding")
@@ -176,6 +181,8 @@ def test_without_the_secret_watch_only_get_on_secrets_is_granted() -> None:
         (render(*NAMESPACED, "--set", "secretWatch.enabled=false"), "Role"),
     ):
         for role in by_kind(docs, kind):
+            if "leader-election" in role["metadata"]["name"]:
+                continue
             secrets = [rule for rule in role["rules"] if rule["resources"] == ["secrets"]]
             assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
         env = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -184,8 +191,6 @@ def test_without_the_secret_watch_only_get_on_secrets_is_granted() -> None:
 
 def test_deployment_is_safe_by_default() -> None:
     spec = deployment(render())["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -200,13 +205,94 @@ def test_deployment_is_safe_by_default() -> None:
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["THINGSPACE_API_URL"] == "https://thingspace.verizon.com"
     assert env["THINGSPACE_RESYNC_SECONDS"] == "300"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "metrics": 8080,
         "health": 8081,
     }
+
+
+def test_two_replicas_elect_a_leader_by_default() -> None:
+    docs = render()
+    spec = deployment(docs)["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["THINGSPACE_LEADER_ELECT"]["value"] == "true"
+    assert env["THINGSPACE_LEADER_ELECTION_ID"]["value"] == "tso-thingspace-operator"
+    assert env["THINGSPACE_LEASE_DURATION_SECONDS"]["value"] == "15"
+    assert env["THINGSPACE_RENEW_DEADLINE_SECONDS"]["value"] == "10"
+    assert env["THINGSPACE_RETRY_PERIOD_SECONDS"]["value"] == "2"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert pod["terminationGracePeriodSeconds"] == 30
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"] == (spec["selector"]["matchLabels"])
+    )
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
+
+
+def test_lease_rbac_is_limited_to_the_release_lease() -> None:
+    docs = render(*NAMESPACED)
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "ops"]
+    assert role["metadata"]["name"] == "tso-thingspace-operator-leader-election"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["tso-thingspace-operator"],
+            "verbs": ["get", "watch", "update"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "ops"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tso-thingspace-operator", "namespace": "ops"}
+    ]
+
+
+def test_without_leader_election_one_replica_is_replaced_with_recreate() -> None:
+    docs = render("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    spec = deployment(docs)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    env = {
+        item["name"]: item.get("value") for item in spec["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["THINGSPACE_LEADER_ELECT"] == "false"
+    assert "POD_NAME" not in env
+    assert by_kind(docs, "PodDisruptionBudget") == []
+    assert not [r for r in by_kind(docs, "Role") if "leader-election" in r["metadata"]["name"]]
+
+
+def test_several_replicas_without_leader_election_are_refused() -> None:
+    refused = helm("template", "tso", str(CHART), "--set", "leaderElection.enabled=false")
+    assert refused.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled=true" in refused.stderr
+
+
+def test_chosen_affinity_replaces_the_default_anti_affinity() -> None:
+    docs = render(
+        "--set",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "--set",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+    )
+    affinity = deployment(docs)["spec"]["template"]["spec"]["affinity"]
+    assert list(affinity) == ["nodeAffinity"]
 
 
 def test_service_monitor_is_optional() -> None:

@@ -3,6 +3,7 @@ local process with a token of the chart's ServiceAccount (so RBAC applies exactl
 cluster), the ThingSpace simulator as a process of its own, and manifests applied with
 kubectl. Used by the e2e suite and by `make demo`."""
 
+import base64
 import json
 import os
 import signal
@@ -159,35 +160,56 @@ class Release:
             self.plane.kubectl_json("-n", self.namespace, "get", "deployment", self.service_account)
         )
 
-    def operator_kubeconfig(self, path: Path) -> Path:
+    def operator_kubeconfig(self, path: Path, server: str | None = None) -> tuple[Path, str]:
         """A kubeconfig holding a token of the chart's ServiceAccount: the operator then has
-        exactly the permissions the chart grants."""
+        exactly the permissions the chart grants. Each call makes a new token; its id (also
+        returned) tells the processes apart in the audit log."""
         token = self.plane.kubectl(
             "-n", self.namespace, "create", "token", self.service_account, "--duration=2h"
         ).stdout.strip()
         path.write_text(
-            kubeconfig(self.plane.server, self.plane.certs / "ca.crt", {"token": token})
+            kubeconfig(server or self.plane.server, self.plane.certs / "ca.crt", {"token": token})
         )
-        return path
+        return path, token_id(token)
 
 
 class OperatorProcess:
     """``thingspace-operator run`` with the args and environment of the chart's Deployment
     (as the pod would get them), pointed at the simulator."""
 
-    def __init__(self, release: Release, sim: Simulator, workdir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        release: Release,
+        sim: Simulator,
+        workdir: Path,
+        api_server: str | None = None,
+        thingspace_url: str | None = None,
+        **env: str,
+    ) -> None:
         container = release.deployment()["spec"]["template"]["spec"]["containers"][0]
         self.args = list(container.get("args") or [])
-        self.env = {item["name"]: str(item.get("value", "")) for item in container["env"]}
+        self.identity = unique("operator-pod")
+        # What the downward API would give the pod: its name and namespace.
+        fields = {"metadata.name": self.identity, "metadata.namespace": release.namespace}
+        self.env = {
+            item["name"]: str(
+                item["value"]
+                if "value" in item
+                else fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+            )
+            for item in container["env"]
+        }
         self.env.update(
-            THINGSPACE_API_URL=sim.url,
+            THINGSPACE_API_URL=thingspace_url or sim.url,
             THINGSPACE_HEALTH_PORT=str(free_port()),
             THINGSPACE_METRICS_PORT=str(free_port()),
             THINGSPACE_RETRY_BASE_SECONDS="0.5",
             THINGSPACE_RETRY_MAX_SECONDS="2",
             **env,
         )
-        self.kubeconfig = release.operator_kubeconfig(workdir / unique("operator.kubeconfig"))
+        self.kubeconfig, self.credential_id = release.operator_kubeconfig(
+            workdir / unique("operator.kubeconfig"), api_server
+        )
         self.log_path = workdir / unique("operator.log")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -216,6 +238,31 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def readiness(self) -> dict[str, Any]:
+        """/readyz: who leads, as this process sees it ({} when it does not answer)."""
+        url = f"http://127.0.0.1:{self.env['THINGSPACE_HEALTH_PORT']}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return dict(json.loads(response.read()))
+        except (OSError, ValueError):
+            return {}
+
+    def metric(self, name: str) -> float | None:
+        url = f"http://127.0.0.1:{self.env['THINGSPACE_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        return None
+
+    def signal(self, signum: int) -> None:
+        assert self._process is not None
+        self._process.send_signal(signum)
+
+    def exit_code(self) -> int | None:
+        assert self._process is not None
+        return self._process.poll()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -227,6 +274,14 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(10)
+
+
+def token_id(token: str) -> str:
+    """The ``jti`` of a service account token, which the audit log records for each request
+    as ``authentication.kubernetes.io/credential-id``."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return f"JTI={claims['jti']}"
 
 
 # --- what tests apply --------------------------------------------------------------------
@@ -302,3 +357,15 @@ def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]
         for item in items
         if name is None or item.get("involvedObject", {}).get("name") == name
     ]
+
+
+def remove_callbacks(plane: Cluster, namespace: str, deregister: bool) -> None:
+    """Leave no callback behind for a later test's operator: a running operator
+    deregisters them (``deregister``); those left lose their finalizers."""
+    if deregister:
+        plane.kubectl("-n", namespace, "delete", "tscb", "--all", "--timeout=90s", check=False)
+    for name in plane.kubectl("-n", namespace, "get", "tscb", "-o", "name").stdout.split():
+        plane.kubectl(
+            "-n", namespace, "patch", name, "--type=merge",
+            "-p", '{"metadata":{"finalizers":null}}', check=False,
+        )  # fmt: skip

@@ -27,6 +27,7 @@ from tests.e2e.cluster import (
 from tests.e2e.controlplane import Cluster, ControlPlane
 
 ACCOUNT = "0000424242-00001"
+SINGLE = ("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
 
 
 @dataclass
@@ -51,7 +52,10 @@ class Setup:
 @pytest.fixture
 def setup(plane: Cluster, sim: Simulator, tmp_path: Path) -> Iterator[Setup]:
     release = Release(plane, unique("thingspace-system"), name=unique("tso"))
-    release.install("--set", "thingspace.resyncSeconds=2")
+    # One process surviving an API server restart is what these tests are about: with
+    # leader election, an outage longer than the renew deadline ends the leader on purpose
+    # (tests/e2e/test_leader_election.py covers that).
+    release.install("--set", "thingspace.resyncSeconds=2", *SINGLE)
     namespace = unique("team")
     plane.kubectl("create", "namespace", namespace)
     apply(plane, secret_manifest("thingspace-credentials", namespace, DEMO_CREDENTIALS))
@@ -101,7 +105,7 @@ def test_uninstall_keeps_everything_and_reinstall_adopts_without_writes(setup: S
     assert gone.returncode != 0
 
     writes, lists = sim.writes(), sim.calls("list")
-    setup.release.install("--set", "thingspace.resyncSeconds=2")  # the same command again
+    setup.release.install("--set", "thingspace.resyncSeconds=2", *SINGLE)  # the same again
     setup.start_operator()
     # Two lists: the resume handler's, then a drift sweep's a period later. A write, if
     # any, would have followed the first.
