@@ -45,9 +45,10 @@ chart: $(STAMP) $(HELM)
 	$(BIN)/pytest tests/chart
 
 ## bench: run the benchmarks (minutes) and write docs/benchmarks.md
-bench: $(STAMP)
+bench: $(STAMP) $(HELM) controlplane
 	$(BIN)/python -m compileall -q -o 2 $(VENV)/lib operator > /dev/null
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.handover
 
 ## schema: regenerate the chart's values.schema.json from values.yaml
 schema: $(STAMP)

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import handover
 from tests.harness.demo import free_port, write_kubeconfig_to
 from tests.harness.kube import KubernetesEmulator, emulated_kubernetes
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
@@ -511,7 +512,10 @@ async def main(args: argparse.Namespace) -> None:
     report = render(results, peer_figures, args)
     print(report)
     if args.write:
-        (ROOT / "docs" / "benchmarks.md").write_text(report + METHOD_NOTES)
+        target = ROOT / "docs" / "benchmarks.md"
+        text = report + METHOD_NOTES
+        kept = handover.section_of(target.read_text()) if target.exists() else None
+        target.write_text(handover.with_section(text, kept) if kept else text)
 
 
 METHOD_NOTES = """
@@ -531,8 +535,13 @@ METHOD_NOTES = """
   starts; compared with the same run without them.
 - **Peer**: the official SDK registering the same N callbacks sequentially against the same
   simulator with the same latency.
+- **Handover** (`python -m bench.handover`, on the real control plane): two operator
+  processes over a converged fleet; the leader stopped with SIGTERM (rolling upgrade,
+  drain) or kill -9 (lost node); time until the standby holds the Lease and makes its first
+  ThingSpace call, and every call it makes while it resumes the fleet.
 
-Run with `make bench` (defaults) or `python -m bench.run --help`. A tiny version runs in
+Run with `make bench` (defaults) or `python -m bench.run --help` (`python -m bench.handover
+--help` for the handover). A tiny version runs in
 the test suite (`tests/integration/test_bench_smoke.py`) so the harness cannot rot. What the
 figures mean, what they changed and what is still off target: [performance.md](performance.md).
 
