@@ -115,10 +115,18 @@ class DriftSweep:
         self._secrets_read: dict[Key, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._before_each: Callable[[], Awaitable[None]] | None = None
+        self._after_each: Callable[[float], Awaitable[None]] | None = None
         self.sweeps = 0
 
-    def start(self, check: Check, before_each: Callable[[], Awaitable[None]] | None = None) -> None:
+    def start(
+        self,
+        check: Check,
+        before_each: Callable[[], Awaitable[None]] | None = None,
+        after_each: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """``after_each`` gets the period's start: lists made by the checks serve it."""
         self._before_each = before_each
+        self._after_each = after_each
         self._task = asyncio.create_task(self.run(check), name="drift sweep")
 
     async def stop(self) -> None:
@@ -206,6 +214,11 @@ class DriftSweep:
                         log.exception("Drift check of %s/%s failed", *tracked.key)
 
         await asyncio.gather(*(one_account(group) for group in by_account.values()))
+        if self._after_each is not None:
+            try:
+                await self._after_each(since)
+            except Exception:
+                log.exception("Finishing the drift sweep failed")
         self.sweeps += 1
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import kopf
 
 from . import reconciler
+from .account_handlers import register_account_handlers, report_accounts
 from .config import OperatorConfig
 from .drift import Tracked
-from .kube.claims import Claim, claim_key, claim_of, rival_owner, successor
+from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
 from .kube.secrets import referenced_secrets
 from .kube.secretwatch import SecretEvent
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
@@ -50,6 +51,7 @@ def build_registry(
         runtime: Runtime = memo["runtime"]
         claims: ClaimsIndex = kwargs["claims"]
         users: SecretUsers = kwargs["secret_users"]
+        runtime.account_index = kwargs["accounts"]
         await runtime.verify_crd_served()
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
         if config.secret_watch:
@@ -59,6 +61,7 @@ def build_registry(
         runtime.sweep.start(
             lambda tracked, since: check_drift(runtime, claims, tracked, since),
             before_each=lambda: refresh_unwatched_secrets(runtime, users),
+            after_each=lambda since: report_accounts(runtime, claims, since),
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -71,6 +74,8 @@ def build_registry(
             # Stopped by a signal, kopf still waits on its stop flag and would hold the
             # exit (and so the Lease's release) for 5 s: the flag is set, as we stop anyway.
             stop_flag.set()
+
+    register_account_handlers(registry, config, resource)
 
     @kopf.index(*resource, id="claims", registry=registry)
     async def claims(
@@ -146,7 +151,7 @@ def build_registry(
     ) -> None:
         claims: ClaimsIndex = kwargs["claims"]
         runtime: Runtime = memo["runtime"]
-        ownership, heir = _ownership(claims, spec, meta, namespace)
+        ownership, heir = _ownership(runtime, claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
             _namespaced(namespace), spec, owned - {""}, runtime, ownership
@@ -235,7 +240,7 @@ async def sync_and_report(
 ) -> Outcome:
     """The body of every sync handler: who owns it, sync, then status, Event and metrics."""
     runtime: Runtime = memo["runtime"]
-    rival = _rival(claims, claim_key(spec), claim_of(meta, namespace or ""))
+    rival = _rival(runtime, claims, claim_key(spec), claim_of(meta, namespace or ""))
     outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
     runtime.sweep.handled(_namespaced(namespace), str(meta.get("name")))
     report(outcome, status, meta, patch, body, runtime=runtime, trigger=label)
@@ -252,7 +257,7 @@ async def check_drift(
     Kubernetes write at all.
     """
     trigger = Trigger(not_before=since, drift_check=True, check_only=True)
-    rival = _rival(claims, tracked.registration, tracked.claim)
+    rival = _rival(runtime, claims, tracked.registration, tracked.claim)
     outcome = await reconciler.sync(tracked.namespace, tracked.spec, runtime, trigger, rival)
     status = tracked.status
     refresh = runtime.config.sync_time_refresh_seconds
@@ -271,14 +276,16 @@ async def check_drift(
         runtime.metrics.observe_reconcile("drift_check", outcome.synced.reason, False)
 
 
-def _rival(claims: ClaimsIndex, key: tuple[str, str] | None, me: Claim) -> Claim | None:
+def _rival(
+    runtime: Runtime, claims: ClaimsIndex, key: tuple[str, str] | None, me: Claim
+) -> Claim | None:
     """The older resource that owns the registration ``key`` instead of ``me``, if any."""
-    if key is None or key not in claims:
-        return None
-    return rival_owner(claims[key], me)
+    everyone = claims_for(claims, runtime.account_names(), key)
+    return rival_owner(everyone, me) if everyone else None
 
 
 def _ownership(
+    runtime: Runtime,
     claims: ClaimsIndex,
     spec: Mapping[str, Any],
     meta: Mapping[str, Any],
@@ -287,7 +294,7 @@ def _ownership(
     """Whether this resource (being deleted) owned the registration, and who is next."""
     key = claim_key(spec)
     me = replace(claim_of(meta, namespace or ""), deleting=False)
-    everyone = list(claims.get(key, ())) if key else []
+    everyone = claims_for(claims, runtime.account_names(), key)
     heir = successor(everyone, me)
     if heir is not None and heir < me:
         return Ownership.NOT_OWNER, None

@@ -45,19 +45,32 @@ class InvalidSpec(ValueError):
 
 @dataclass(frozen=True)
 class CallbackSpec:
-    account_name: str
+    account_name: str  # with account_ref: "" until resolved from the ThingSpaceAccount
     service_name: str
     url: str
-    credentials_secret: str
+    credentials_secret: str  # "" with account_ref: the account holds the credentials
     callback_credentials_secret: str | None = None
+    account_ref: str | None = None
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
     management_policy: ManagementPolicy = ManagementPolicy.MANAGE
     suspend: bool = False
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> "CallbackSpec":
-        account = _required_string(spec, "accountName")
-        if len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.match(account):
+        account_ref = _secret_name(spec, "accountRef")
+        if account_ref is not None:
+            if "accountName" in spec or "credentialsSecretRef" in spec:
+                raise InvalidSpec(
+                    "spec.accountRef replaces spec.accountName and spec.credentialsSecretRef: "
+                    "give one form or the other"
+                )
+            account, credentials = "", ""
+        else:
+            account = _required_string(spec, "accountName")
+            credentials = _secret_name(spec, "credentialsSecretRef", required=True) or ""
+        if account_ref is None and (
+            len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.match(account)
+        ):
             raise InvalidSpec(
                 "spec.accountName must be a billing account name such as 0000123456-00001"
             )
@@ -74,8 +87,9 @@ class CallbackSpec:
             account_name=account,
             service_name=service,
             url=url,
-            credentials_secret=_secret_name(spec, "credentialsSecretRef", required=True) or "",
+            credentials_secret=credentials,
             callback_credentials_secret=_secret_name(spec, "callbackCredentialsSecretRef"),
+            account_ref=account_ref,
             deletion_policy=_choice(spec, "deletionPolicy", DeletionPolicy, DeletionPolicy.DELETE),
             management_policy=_choice(
                 spec, "managementPolicy", ManagementPolicy, ManagementPolicy.MANAGE

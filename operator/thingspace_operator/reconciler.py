@@ -8,18 +8,20 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 import asyncio
 import enum
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import kopf
 from kubernetes.client import ApiClient
 
+from .account import AccountSpec
 from .config import OperatorConfig
 from .drift import DriftSweep
 from .kube.claims import Claim
 from .kube.connection import KubeConnection
+from .kube.namespaces import NamespaceLabels
 from .kube.resources import CallbackResources
 from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
 from .kube.secretwatch import LabelledSecretWatch, Listener
@@ -57,6 +59,7 @@ class Reason(enum.StrEnum):
     AUTHENTICATION_FAILED = "AuthenticationFailed"
     REJECTED = "Rejected"
     UNAVAILABLE = "Unavailable"
+    ACCOUNT_NOT_ALLOWED = "AccountNotAllowed"
 
 
 @dataclass
@@ -73,8 +76,17 @@ class Runtime:
     metrics: Metrics
     sweep: DriftSweep
     connection: KubeConnection
+    namespaces: NamespaceLabels
     metrics_port: int = 0  # where /metrics is served, once started
     secret_watch: LabelledSecretWatch | None = None
+    account_index: Mapping[str, Iterable[AccountSpec]] = field(default_factory=dict)
+    """ThingSpaceAccounts by object name: kopf's live index, set at startup."""
+    seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
+    account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each ThingSpaceAccount as last seen (for the status report after each sweep)."""
+    """The spec each account had when last seen, to tell a change from a status write."""
+    own_namespace: str = "default"
+    """Where an account's credentials Secret is when its ref names no namespace."""
 
     @classmethod
     def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
@@ -84,6 +96,7 @@ class Runtime:
             config=config,
             secrets=SecretReader(api_client),
             resources=CallbackResources(api_client, connection),
+            namespaces=NamespaceLabels(api_client),
             connection=connection,
             clients=ClientPool(
                 config.api_url, config.request_timeout_seconds, metrics.observe_call
@@ -96,6 +109,15 @@ class Runtime:
             metrics=metrics,
             sweep=DriftSweep(config.resync_seconds),
         )
+
+    def account(self, name: str) -> AccountSpec | None:
+        return next(iter(self.account_index.get(name, ())), None)
+
+    def account_names(self) -> dict[str, str]:
+        """ThingSpaceAccount name -> the billing account it holds."""
+        return {
+            name: spec.account_name for name, specs in self.account_index.items() for spec in specs
+        }
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:
         """One registration is changed by one reconcile at a time (handler vs drift check).
@@ -190,13 +212,28 @@ async def sync(
         spec = CallbackSpec.parse(spec_body)
         if spec.suspend:
             return _suspended()
+        spec = await resolve_account(namespace, spec, runtime, trigger.secrets_fresh_after)
         if rival is not None:
             return _conflict(spec, rival)
         desired, view = await _prepare(namespace, spec, runtime, trigger.secrets_fresh_after)
         async with runtime.lock_for(spec.account_name, spec.service_name):
             return await _sync_locked(spec, desired, view, runtime, trigger)
     except Exception as exc:
-        return failure_outcome(exc)
+        return _through_account(failure_outcome(exc), spec_body)
+
+
+def _through_account(outcome: Outcome, spec_body: Mapping[str, Any]) -> Outcome:
+    """A credentials failure of a callback that uses a ThingSpaceAccount points to the
+    account, which reports it (the login is shared: rejected once, never repeated)."""
+    ref = spec_body.get("accountRef")
+    reasons = (Reason.AUTHENTICATION_FAILED, Reason.CREDENTIALS_INVALID)
+    if not isinstance(ref, Mapping) or outcome.synced.reason not in reasons:
+        return outcome
+    message = f"ThingSpaceAccount {ref.get('name')}: see its status ({outcome.synced.message})"
+    synced = replace(outcome.synced, message=message)
+    ready = replace(outcome.ready, message=message) if outcome.ready is not None else None
+    event = replace(outcome.event, message=message) if outcome.event is not None else None
+    return replace(outcome, synced=synced, ready=ready, event=event)
 
 
 async def _prepare(
@@ -214,14 +251,56 @@ async def _prepare(
     return desired, view
 
 
+async def resolve_account(
+    namespace: str, spec: CallbackSpec, runtime: Runtime, fresh_after: float | None = None
+) -> CallbackSpec:
+    """The spec with the account of its ``accountRef`` filled in, if this namespace may
+    use that account; the inline form as it is."""
+    if spec.account_ref is None:
+        return spec
+    account = runtime.account(spec.account_ref)
+    if account is None:
+        raise CredentialsNotFound(f"ThingSpaceAccount {spec.account_ref} not found")
+    labels = (
+        await runtime.namespaces.labels(namespace, fresh_after) if account.needs_labels else None
+    )
+    if not account.allows(namespace, labels):
+        raise AccountNotAllowed(
+            f"ThingSpaceAccount {account.name} does not allow namespace {namespace} (see its "
+            "spec.namespaces and spec.namespaceSelector); no ThingSpace call is made"
+        )
+    return replace(spec, account_name=account.account_name)
+
+
+class AccountNotAllowed(Exception):
+    """The referenced ThingSpaceAccount is not shared with the callback's namespace."""
+
+
 async def _view_for(
     namespace: str, spec: CallbackSpec, runtime: Runtime, fresh_after: float | None = None
 ) -> AccountView:
+    account = runtime.account(spec.account_ref) if spec.account_ref else None
+    if account is None:
+        credentials = await runtime.secrets.app_credentials(
+            namespace, spec.credentials_secret, fresh_after
+        )
+        return runtime.views.view(runtime.clients.client_for(credentials), spec.account_name)
+    return await account_view(account, runtime, fresh_after)
+
+
+async def account_view(
+    account: AccountSpec, runtime: Runtime, fresh_after: float | None = None
+) -> AccountView:
+    """The shared view of a ThingSpaceAccount, with its credentials and call budget."""
     credentials = await runtime.secrets.app_credentials(
-        namespace, spec.credentials_secret, fresh_after
+        account.secret_namespace or runtime.own_namespace, account.secret_name, fresh_after
     )
-    client = runtime.clients.client_for(credentials)
-    return runtime.views.view(client, spec.account_name)
+    return runtime.views.view(
+        runtime.clients.client_for(credentials),
+        account.account_name,
+        account.max_concurrent_calls,
+        account.max_calls_per_second,
+    )
 
 
 async def _sync_locked(
@@ -263,6 +342,8 @@ async def release(
     """Deregister on delete, but only what this resource owns. ``synced`` True: done."""
     try:
         spec = CallbackSpec.parse(spec_body)
+        if spec.account_ref is not None:
+            spec = await resolve_account(namespace, spec, runtime)
         decided = plan_delete(
             spec.deletion_policy,
             spec.management_policy,
@@ -420,6 +501,8 @@ def failure_outcome(exc: BaseException, observed_live: tuple[Callback | None, ..
             return _failure(Reason.CREDENTIALS_NOT_FOUND, str(exc), observed_live=observed_live)
         case CredentialsInvalid():
             return _failure(Reason.CREDENTIALS_INVALID, str(exc), observed_live=observed_live)
+        case AccountNotAllowed():
+            return _failure(Reason.ACCOUNT_NOT_ALLOWED, str(exc), observed_live=observed_live)
         case AuthenticationFailed(stage="oauth"):
             message = (
                 f"{exc}. Fix appKey/appSecret in the credentials Secret; the operator makes "

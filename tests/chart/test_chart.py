@@ -123,17 +123,44 @@ def test_schema_descriptions_span_continued_comment_lines() -> None:
     assert described.endswith("(docs/benchmarks.md).")
 
 
-def test_chart_ships_exactly_the_crd_in_crds() -> None:
-    source = ROOT / "crds" / "thingspacecallbacks.thingspace.io.yaml"
-    assert (CHART / "files" / "crds" / source.name).read_bytes() == source.read_bytes()
-    (crd,) = by_kind(render(), "CustomResourceDefinition")
-    assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
-    assert crd == yaml.safe_load(source.read_text())
-    (unkept,) = by_kind(render("--set", "crds.keep=false"), "CustomResourceDefinition")
-    assert "annotations" not in unkept["metadata"]
+def test_chart_ships_exactly_the_crds_in_crds() -> None:
+    sources = sorted((ROOT / "crds").glob("*.yaml"))
+    assert [source.name for source in sources] == [
+        "thingspaceaccounts.thingspace.io.yaml",
+        "thingspacecallbacks.thingspace.io.yaml",
+    ]
+    rendered = {
+        crd["metadata"]["name"]: crd for crd in by_kind(render(), "CustomResourceDefinition")
+    }
+    for source in sources:
+        assert (CHART / "files" / "crds" / source.name).read_bytes() == source.read_bytes()
+        crd = rendered.pop(source.name.removesuffix(".yaml"))
+        assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert crd == yaml.safe_load(source.read_text())
+    assert rendered == {}
+    unkept = by_kind(render("--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert len(unkept) == 2
+    assert all("annotations" not in crd["metadata"] for crd in unkept)
     assert by_kind(render("--set", "crds.enabled=false"), "CustomResourceDefinition") == []
 
 
+ACCOUNT_RULES = [
+    {
+        "apiGroups": ["thingspace.io"],
+        "resources": ["thingspaceaccounts"],
+        "verbs": ["list", "watch", "patch"],
+    },
+    {
+        "apiGroups": ["thingspace.io"],
+        "resources": ["thingspaceaccounts/status"],
+        "verbs": ["patch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+]
+OWN_NAMESPACE_RULES = [
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
 NAMESPACED_RULES = [
     {
         "apiGroups": ["thingspace.io"],
@@ -153,10 +180,14 @@ NAMESPACED_RULES = [
 def test_cluster_wide_rbac_is_least_privilege() -> None:
     docs = render()
     roles = {doc["metadata"]["name"]: doc["rules"] for doc in by_kind(docs, "ClusterRole")}
-    assert roles == {"tso-thingspace-operator": NAMESPACED_RULES}
-    # The only Role: the Lease, in the release namespace.
-    assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == [
-        "tso-thingspace-operator-leader-election"
+    assert roles == {
+        "tso-thingspace-operator": NAMESPACED_RULES,
+        "tso-thingspace-operator-accounts": ACCOUNT_RULES,
+    }
+    # The only Roles: the Lease, and the operator's own namespace.
+    assert sorted(r["metadata"]["name"] for r in by_kind(docs, "Role")) == [
+        "tso-thingspace-operator-leader-election",
+        "tso-thingspace-operator-own",
     ]
     assert (
         "--all-namespaces" in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -165,12 +196,15 @@ def test_cluster_wide_rbac_is_least_privilege() -> None:
 
 def test_namespaced_mode_uses_roles_per_namespace() -> None:
     docs = render(*NAMESPACED)
-    roles = [r for r in by_kind(docs, "Role") if "leader-election" not in r["metadata"]["name"]]
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] != "ops"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(r["rules"] == NAMESPACED_RULES for r in roles)
     bindings = by_kind(docs, "RoleBinding")
     assert all(b["subjects"][0]["namespace"] == "ops" for b in bindings)
-    assert by_kind(docs, "ClusterRole") == []  # nothing cluster-wide in namespaced mode
+    # Cluster-wide only what is cluster-scoped: ThingSpaceAccounts and namespaces' labels.
+    assert [r["rules"] for r in by_kind(docs, "ClusterRole")] == [ACCOUNT_RULES]
+    own = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-own")]
+    assert [(r["metadata"]["namespace"], r["rules"]) for r in own] == [("ops", OWN_NAMESPACE_RULES)]
     args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["--namespace=team-a", "--namespace=team-b"]
 
@@ -181,7 +215,7 @@ def test_without_the_secret_watch_only_get_on_secrets_is_granted() -> None:
         (render(*NAMESPACED, "--set", "secretWatch.enabled=false"), "Role"),
     ):
         for role in by_kind(docs, kind):
-            if "leader-election" in role["metadata"]["name"]:
+            if role["metadata"]["name"].endswith(("-leader-election", "-own", "-accounts")):
                 continue
             secrets = [rule for rule in role["rules"] if rule["resources"] == ["secrets"]]
             assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
@@ -245,8 +279,8 @@ def test_two_replicas_elect_a_leader_by_default() -> None:
 
 def test_lease_rbac_is_limited_to_the_release_lease() -> None:
     docs = render(*NAMESPACED)
-    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "ops"]
-    assert role["metadata"]["name"] == "tso-thingspace-operator-leader-election"
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-election")]
+    assert role["metadata"]["namespace"] == "ops"
     assert role["rules"] == [
         {
             "apiGroups": ["coordination.k8s.io"],
@@ -255,9 +289,10 @@ def test_lease_rbac_is_limited_to_the_release_lease() -> None:
             "verbs": ["get", "watch", "update"],
         },
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
-    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "ops"]
+    (binding,) = [
+        b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("-election")
+    ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "tso-thingspace-operator", "namespace": "ops"}

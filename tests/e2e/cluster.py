@@ -168,7 +168,13 @@ class Release:
             "-n", self.namespace, "create", "token", self.service_account, "--duration=2h"
         ).stdout.strip()
         path.write_text(
-            kubeconfig(server or self.plane.server, self.plane.certs / "ca.crt", {"token": token})
+            # The context's namespace is the pod's own, as in a cluster.
+            kubeconfig(
+                server or self.plane.server,
+                self.plane.certs / "ca.crt",
+                {"token": token},
+                namespace=self.namespace,
+            )
         )
         return path, token_id(token)
 

@@ -81,3 +81,52 @@ def test_every_example_is_accepted(plane: Cluster, namespace: str) -> None:
         input=yaml.safe_dump_all(documents),
     )  # fmt: skip
     assert done.stdout.count("(server dry run)") == len(documents)
+
+
+def test_the_platform_example_is_accepted(plane: Cluster) -> None:
+    # Its namespaces must exist for a server-side dry run of what lives in them.
+    example = EXAMPLES / "platform" / "shared-account.yaml"
+    documents = [doc for doc in yaml.safe_load_all(example.read_text()) if doc]
+    for name in ("thingspace-operator", "team-iot", "team-telemetry"):
+        plane.kubectl("create", "namespace", name, check=False)
+    done = plane.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(documents)
+    )
+    assert done.stdout.count("(server dry run)") == len(documents)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"accountRef": {"name": "fleet"}}, "either accountRef, or accountName"),
+        ({"accountName": None, "credentialsSecretRef": None}, "either accountRef, or accountName"),
+    ],
+)
+def test_an_account_is_named_one_way_only(
+    plane: Cluster, namespace: str, change: dict[str, Any], message: str
+) -> None:
+    obj = manifest(namespace)
+    obj["spec"].update(change)
+    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}
+    done = apply(plane, obj, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_moving_to_an_account_ref_is_allowed_and_never_back(plane: Cluster, namespace: str) -> None:
+    obj = manifest(namespace)
+    apply(plane, obj)
+    by_ref = {
+        k: v for k, v in obj["spec"].items() if k not in ("accountName", "credentialsSecretRef")
+    }
+    moved = {**obj, "spec": {**by_ref, "accountRef": {"name": "fleet"}}}
+    plane.kubectl("-n", namespace, "replace", "-f", "-", input=yaml.safe_dump(moved))
+    renamed = {**obj, "spec": {**by_ref, "accountRef": {"name": "other"}}}
+    done = plane.kubectl(
+        "-n", namespace, "replace", "-f", "-", input=yaml.safe_dump(renamed), check=False
+    )
+    assert "accountRef is immutable" in done.stderr, done.stderr
+    done = plane.kubectl(
+        "-n", namespace, "replace", "-f", "-", input=yaml.safe_dump(obj), check=False
+    )
+    assert "accountRef cannot be removed" in done.stderr, done.stderr

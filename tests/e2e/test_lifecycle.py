@@ -6,6 +6,7 @@ with what the operator used, from the API server's audit log."""
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -32,7 +33,7 @@ from tests.e2e.controlplane import Cluster
 from tests.e2e.rbac import granted_rules, unused_grants, used_requests
 
 RESYNC_SECONDS = 2
-NAMESPACES_PER_MODE = 12
+NAMESPACES_PER_MODE = 14
 
 
 @dataclass
@@ -198,7 +199,7 @@ def test_kubectl_experience(installed: Installation) -> None:
     assert account in table
     assert "True" in table
     wide = plane.kubectl("-n", namespace, "get", "tscb", "-o", "wide").stdout
-    assert " ".join(wide.split("\n")[0].split()) == f"{header} REASON"
+    assert " ".join(wide.split("\n")[0].split()) == f"{header} REASON ACCOUNT REF"
     assert "Registered" in wide
     assert "qos" in plane.kubectl("-n", namespace, "get", "thingspace").stdout  # category
     explained = plane.kubectl("explain", "thingspacecallback.spec.url").stdout
@@ -266,7 +267,84 @@ def test_the_operator_asks_only_for_secrets_it_uses(installed: Installation) -> 
             assert query["labelSelector"] == [f"{LABEL}=true"], request
         else:
             assert request.verb == "get"
-            assert request.name in ("thingspace-credentials", "listener-auth"), request
+            assert request.name in (
+                "thingspace-credentials",
+                "listener-auth",
+                "platform-credentials",
+            ), request
+
+
+def test_an_account_shared_with_namespaces_by_label(installed: Installation) -> None:
+    """A platform-owned ThingSpaceAccount (credentials in the operator's namespace): a
+    labelled namespace uses it without holding any credentials; an unlabelled one is refused
+    until labelled; the account's status shows every live registration, including one made
+    out of band that nobody manages."""
+    plane, sim, release = installed.plane, installed.sim, installed.release
+    account_name, tier = installed.account(), unique("tier")
+    apply(
+        plane, secret_manifest("platform-credentials", release.namespace, DEMO_CREDENTIALS, False)
+    )
+    sim.request(
+        "PUT", f"registrations/{account_name}/DeviceUsage", {"url": "https://by-hand.example/u"}
+    )
+    account = unique("platform")
+    apply(plane, account_manifest(account, account_name, release.namespace, tier))
+    allowed, refused = installed.namespace(), installed.namespace()
+    plane.kubectl("label", "namespace", allowed, f"tier={tier}")
+    apply(
+        plane,
+        by_ref("qos", allowed, account, "QoS"),
+        by_ref("carrier", refused, account, "CarrierService"),
+    )
+    wait_ready(plane, allowed, "qos")
+    eventually(
+        lambda: condition(plane, refused, "carrier", "Synced").get("reason") == "AccountNotAllowed",
+        30,
+        "refused",
+    )
+    assert set(sim.live(account_name)) == {"QoS", "DeviceUsage"}
+
+    def account_status() -> dict[str, Any]:
+        return dict(plane.kubectl_json("get", "tsa", account).get("status") or {})
+
+    eventually(lambda: account_status().get("managed") == 1, RESYNC_SECONDS + 20, "status")
+    status = account_status()
+    assert status["unmanaged"] == 1
+    assert status["conditions"][0]["reason"] == "Authenticated"
+    assert sorted((r["serviceName"], r["managedBy"]) for r in status["registrations"]) == [
+        ("DeviceUsage", ""),
+        ("QoS", f"{allowed}/qos"),
+    ]
+    columns = plane.kubectl("get", "tsa", account).stdout.split("\n")[0].split()
+    assert columns[:5] == ["NAME", "ACCOUNT", "READY", "MANAGED", "UNMANAGED"]
+
+    plane.kubectl("label", "namespace", refused, f"tier={tier}")  # heals within a period
+    wait_ready(plane, refused, "carrier")
+    assert set(sim.live(account_name)) == {"QoS", "DeviceUsage", "CarrierService"}
+    for namespace, name in ((allowed, "qos"), (refused, "carrier")):
+        plane.kubectl("-n", namespace, "delete", "tscb", name, "--timeout=60s")
+    assert set(sim.live(account_name)) == {"DeviceUsage"}  # the unmanaged one stays
+    plane.kubectl("delete", "tsa", account)  # cluster-scoped: the next mode's operator sees it
+
+
+def account_manifest(name: str, account: str, secret_namespace: str, tier: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "thingspace.io/v1alpha1",
+        "kind": "ThingSpaceAccount",
+        "metadata": {"name": name},
+        "spec": {
+            "accountName": account,
+            "credentialsSecretRef": {"name": "platform-credentials", "namespace": secret_namespace},
+            "namespaceSelector": {"matchLabels": {"tier": tier}},
+        },
+    }
+
+
+def by_ref(name: str, namespace: str, account: str, service: str) -> dict[str, Any]:
+    manifest = callback_manifest(name, namespace, "unused", serviceName=service)
+    del manifest["spec"]["accountName"], manifest["spec"]["credentialsSecretRef"]
+    manifest["spec"]["accountRef"] = {"name": account}
+    return manifest
 
 
 def test_rbac_granted_is_rbac_used(installed: Installation) -> None:

@@ -4,6 +4,7 @@ from thingspace_operator.kube.claims import (
     Claim,
     claim_key,
     claim_of,
+    claims_for,
     owner_among,
     rival_owner,
     successor,
@@ -41,3 +42,18 @@ def test_claim_key_and_claim_of() -> None:
     assert claim_key({"accountName": "A-1"}) is None
     meta = {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z", "deletionTimestamp": "t"}
     assert claim_of(meta, "ns") == Claim("2026-01-01T00:00:00Z", "ns", "x", deleting=True)
+
+
+def test_a_callback_by_account_ref_contests_the_same_registration_as_one_inline() -> None:
+    """Both forms declare (account, service): the claims under each key count together."""
+    inline = {"accountName": "0000123456-00001", "serviceName": "QoS"}
+    by_ref = {"accountRef": {"name": "platform"}, "serviceName": "QoS"}
+    assert claim_key(by_ref) == ("ThingSpaceAccount/platform", "QoS")
+    older = claim_of({"name": "a", "creationTimestamp": "2026-01-01T00:00:00Z"}, "team-a")
+    younger = claim_of({"name": "b", "creationTimestamp": "2026-01-02T00:00:00Z"}, "team-b")
+    claims = {claim_key(inline): [younger], claim_key(by_ref): [older]}
+    names = {"platform": "0000123456-00001", "other": "0000999999-00001"}
+    for key in (claim_key(inline), claim_key(by_ref)):
+        assert sorted(claims_for(claims, names, key)) == [older, younger]
+    assert claims_for(claims, {}, claim_key(by_ref)) == [older]  # account unknown yet
+    assert claims_for(claims, names, ("0000999999-00001", "QoS")) == []

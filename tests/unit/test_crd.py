@@ -33,7 +33,7 @@ VALIDATOR = jsonschema.Draft7Validator(SCHEMA)
 KUBERNETES = kubernetes_validate.latest_version()
 EXAMPLES = CRD_PATH.parents[1] / "examples"
 ABSENT = object()  # an edit that removes the field
-SPEC_REQUIRED = ("accountName", "serviceName", "url", "credentialsSecretRef")
+SPEC_REQUIRED = ("serviceName", "url")  # and the account, inline or as accountRef (CEL)
 
 CONDITION = {"status": "True", "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z"}
 GOOD: dict[str, Any] = {
@@ -142,6 +142,7 @@ def test_printer_columns() -> None:
         ("Last Sync", "date", ".status.lastSyncTime", 0),
         ("Age", "date", ".metadata.creationTimestamp", 0),
         ("Reason", "string", condition.format("Ready", "reason"), 1),
+        ("Account Ref", "string", ".spec.accountRef.name", 1),
     ]
 
 
@@ -358,7 +359,24 @@ def test_invalid_objects_are_rejected_for_the_right_reason(
     assert reasons(edited(GOOD, {field: value})) == {reason}
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("platform", None), ("Upper", "pattern"), ("-lead", "pattern"), ("a" * 254, "maxLength")],
+)
+def test_an_account_ref_names_a_kubernetes_object(name: str, why: str | None) -> None:
+    by_ref = copy.deepcopy(GOOD)
+    by_ref["spec"] = {**BY_REF, "accountRef": {"name": name}}
+    expected = set() if why is None else {f"spec.accountRef.name: {why}"}
+    assert reasons(by_ref) == expected
+
+
 # -- CEL rules ---------------------------------------------------------------------------
+
+INLINE = {k: v for k, v in GOOD["spec"].items() if k != "callbackCredentialsSecretRef"}
+BY_REF = {
+    **{k: v for k, v in INLINE.items() if k not in ("accountName", "credentialsSecretRef")},
+    "accountRef": {"name": "platform"},
+}
 
 #: For every schema node that carries CEL rules: (oldSelf, self, allowed) samples; oldSelf
 #: ABSENT is a create. Every rule must be seen both admitting and rejecting a sample.
@@ -369,6 +387,21 @@ CEL_SAMPLES: dict[str, list[tuple[Any, Any, bool]]] = {
         ("0000123456-00001", "123456-00001", False),
     ],
     ".spec.serviceName": [("QoS", "QoS", True), ("QoS", "CarrierService", False)],
+    ".spec.accountRef": [
+        ({"name": "platform"}, {"name": "platform"}, True),
+        ({"name": "platform"}, {"name": "other"}, False),
+    ],
+    ".spec": [
+        (ABSENT, INLINE, True),
+        (ABSENT, BY_REF, True),
+        (INLINE, BY_REF, True),  # the migration to a ThingSpaceAccount
+        (BY_REF, BY_REF, True),
+        (BY_REF, INLINE, False),  # and never back
+        (ABSENT, {**INLINE, "accountRef": {"name": "platform"}}, False),  # both forms
+        (ABSENT, {k: v for k, v in INLINE.items() if k != "credentialsSecretRef"}, False),
+        (ABSENT, {k: v for k, v in INLINE.items() if k != "accountName"}, False),
+        (ABSENT, {k: v for k, v in BY_REF.items() if k != "accountRef"}, False),  # neither
+    ],
 }
 
 
@@ -393,7 +426,12 @@ def test_cel_rules_admit_and_reject_their_samples(path: str) -> None:
         assert reasons(edited(GOOD, {path[1:]: new})) == set()
         context = {"self": new} if old is ABSENT else {"self": new, "oldSelf": old}
         # Raises on a syntax error or a function outside base CEL (e.g. lowerAscii, url).
-        verdicts = {rule: cel.evaluate(rule, context) for rule in seen}
+        # A transition rule (one that reads oldSelf) is not evaluated on create.
+        verdicts = {
+            rule: cel.evaluate(rule, context)
+            for rule in seen
+            if old is not ABSENT or "oldSelf" not in rule
+        }
         assert all(verdicts.values()) is allowed, (old, new, verdicts)
         for rule, verdict in verdicts.items():
             seen[rule].add(verdict)

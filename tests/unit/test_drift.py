@@ -1,5 +1,6 @@
 """The drift sweep's bookkeeping: what is due, who owns what, one check per resource."""
 
+from types import SimpleNamespace
 from typing import Any
 
 from thingspace_operator.drift import DriftSweep, Tracked, window_start
@@ -103,13 +104,14 @@ def test_drift_checks_take_ownership_from_the_claims_index() -> None:
     """The sweep's checks and the handlers ask the same index who owns a registration."""
     tracked = {t.name: t for t in map(Tracked.of, CONTESTED)}
     index = {tracked["old"].registration: [t.claim for t in tracked.values()]}
-    assert _rival(index, tracked["old"].registration, tracked["old"].claim) is None
-    rival = _rival(index, tracked["young"].registration, tracked["young"].claim)
+    runtime: Any = SimpleNamespace(account_names=dict)
+    assert _rival(runtime, index, tracked["old"].registration, tracked["old"].claim) is None
+    rival = _rival(runtime, index, tracked["young"].registration, tracked["young"].claim)
     assert rival is not None
     assert rival.ref == "iot/old"
     other = Tracked.of(body("other", account="0000000002-00001"))
-    assert _rival(index, other.registration, other.claim) is None
-    assert _rival(index, None, other.claim) is None  # an invalid spec contests nothing
+    assert _rival(runtime, index, other.registration, other.claim) is None
+    assert _rival(runtime, index, None, other.claim) is None  # an invalid spec contests nothing
 
 
 async def test_one_failing_check_does_not_stop_the_sweep() -> None:

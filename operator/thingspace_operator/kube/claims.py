@@ -23,11 +23,35 @@ class Claim:
         return f"{self.namespace}/{self.name}"
 
 
+#: Prefix of the key of a callback that names its account through ``accountRef``: the
+#: account's name is known only from the ThingSpaceAccount (``claims_for`` resolves it).
+ACCOUNT_REF = "ThingSpaceAccount/"
+
+
 def claim_key(spec: Mapping[str, Any]) -> tuple[str, str] | None:
     account, service = spec.get("accountName"), spec.get("serviceName")
+    ref = spec.get("accountRef")
+    if not account and isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+        account = ACCOUNT_REF + ref["name"]
     if isinstance(account, str) and isinstance(service, str) and account and service:
         return account, service
     return None
+
+
+def keys_of_registration(
+    key: tuple[str, str], account_names: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """Every claims key that may declare the registration ``key`` names: by account name,
+    and through each ThingSpaceAccount (``account_names``: object name -> account name) of
+    that account."""
+    account, service = key
+    if account.startswith(ACCOUNT_REF):
+        resolved = account_names.get(account.removeprefix(ACCOUNT_REF))
+        if resolved is None:
+            return [key]
+        account = resolved
+    refs = [(ACCOUNT_REF + name, service) for name, of in account_names.items() if of == account]
+    return [(account, service), *sorted(refs)]
 
 
 def claim_of(meta: Mapping[str, Any], namespace: str) -> Claim:
@@ -55,3 +79,15 @@ def rival_owner(claims: Iterable[Claim], me: Claim) -> Claim | None:
 def successor(claims: Iterable[Claim], me: Claim) -> Claim | None:
     """Who takes over when ``me`` goes away."""
     return owner_among(c for c in claims if c.ref != me.ref)
+
+
+def claims_for(
+    claims: Mapping[tuple[str, str], Iterable[Claim]],
+    account_names: Mapping[str, str],
+    key: tuple[str, str] | None,
+) -> list[Claim]:
+    """Every resource declaring the registration ``key`` names, whether it names the
+    account inline or through a ThingSpaceAccount (``account_names``)."""
+    if key is None:
+        return []
+    return [c for k in keys_of_registration(key, account_names) for c in claims.get(k, ())]

@@ -3,11 +3,13 @@
 import asyncio
 import datetime
 import json
+from typing import Any
 
 import aiohttp
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
+from ..account import ACCOUNT_PLURAL
 from ..model import GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 from .connection import KubeConnection
 
@@ -51,6 +53,19 @@ class CallbackResources:
             if response.status >= 300:
                 raise ApiException(status=response.status, reason=response.reason)
         return True
+
+    async def patch_account_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge ``status`` into a ThingSpaceAccount's status."""
+        path = f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}/{name}/status"
+        headers = {**self._connection.headers(), "Content-Type": "application/merge-patch+json"}
+        async with self._client().patch(
+            self._connection.url(path),
+            data=json.dumps({"status": status}),
+            headers=headers,
+            timeout=TIMEOUT,
+        ) as response:
+            if response.status >= 300 and response.status != 404:  # 404: deleted meanwhile
+                raise ApiException(status=response.status, reason=response.reason)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -45,6 +45,7 @@ class AccountView:
     ) -> None:
         self.client = client
         self.account = account
+        self.budget = (max_concurrent_calls, calls_per_second)
         self._clock = clock
         self._calls = asyncio.Semaphore(max_concurrent_calls)
         self._budget = RateLimiter(calls_per_second, clock=clock)
@@ -55,6 +56,11 @@ class AccountView:
 
     def now(self) -> float:
         return self._clock()
+
+    @property
+    def cached(self) -> "Observation | None":
+        """The newest list (updated by this view's own writes), without a call."""
+        return self._cached
 
     async def observe(self, not_before: float) -> LiveCallbacks:
         """The live callbacks, from a list call that started at or after ``not_before``."""
@@ -175,13 +181,29 @@ class AccountViews:
         self._calls_per_second = calls_per_second
         self._views: dict[tuple[AppCredentials, str], AccountView] = {}
 
-    def view(self, client: ThingSpaceClient, account: str) -> AccountView:
+    def view(
+        self,
+        client: ThingSpaceClient,
+        account: str,
+        max_concurrent_calls: int | None = None,
+        calls_per_second: float | None = None,
+    ) -> AccountView:
+        """The view; an account's own budget (ThingSpaceAccount) overrides the defaults."""
         key = (client.credentials, account)
+        budget = (
+            max_concurrent_calls or self._max_concurrent_calls,
+            calls_per_second or self._calls_per_second,
+        )
         view = self._views.get(key)
-        if view is None or view.client is not client:
-            view = AccountView(client, account, self._max_concurrent_calls, self._calls_per_second)
+        if view is None or view.client is not client or view.budget != budget:
+            view = AccountView(client, account, *budget)
             self._views[key] = view
         return view
+
+    def cached(self, account: str) -> "Observation | None":
+        """The newest list of ``account`` any view holds (no call)."""
+        found = [v.cached for (_, name), v in self._views.items() if name == account and v.cached]
+        return max(found, key=lambda o: o.started_at, default=None)
 
     async def close(self) -> None:
         await asyncio.gather(*(view.close() for view in self._views.values()))
