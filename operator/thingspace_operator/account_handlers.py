@@ -5,20 +5,22 @@ registrations in its status from the same shared list the callbacks use."""
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
 
-from .account import ACCOUNT_PLURAL, AccountSpec
+from .account import ACCOUNT_PLURAL, AccountSpec, CallbackPolicy
 from .config import OperatorConfig
 from .kube.claims import Claim, claims_for, owner_among
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
 from .model import GROUP, VERSION, InvalidSpec
-from .reconciler import READY, Runtime, account_view, display_url, failure_outcome
+from .reconciler import READY, Runtime, account_view, deregister, display_url, failure_outcome
 from .thingspace.accounts import Observation
 
 log = logging.getLogger(__name__)
+AUTHORITATIVE = CallbackPolicy.AUTHORITATIVE
 AccountUsers = kopf.Index[str, tuple[str, str]]  # ThingSpaceAccount -> (namespace, callback)
 
 
@@ -51,6 +53,7 @@ def register_account_handlers(
         its callbacks reconcile now (they may have become allowed or not, or use other
         credentials)."""
         runtime: Runtime = memo["runtime"]
+        runtime.indexed = True  # kopf calls handlers only after every index is full
         if type == "DELETED":
             runtime.account_bodies.pop(name, None)
         else:
@@ -109,18 +112,87 @@ async def status_changes(
     spec, status = body.get("spec") or {}, body.get("status") or {}
     ready, observation, account_name = await observe(runtime, name, spec, not_before)
     names = runtime.account_names()
+
+    def claims_of(key: tuple[str, str]) -> list[Claim]:
+        return claims_for(claims, names, key)
+
     registrations = (
-        _registrations(account_name, observation, lambda key: claims_for(claims, names, key))
-        if observation is not None
-        else None
+        _registrations(account_name, observation, claims_of) if observation is not None else None
     )
+    account = _parsed(name, spec)
+    if observation is not None and account is not None and account.policy is AUTHORITATIVE:
+        ready = await prune(runtime, account, observation, claims_of, body, ready)
     generation = (body.get("metadata") or {}).get("generation")
     refresh = runtime.config.sync_time_refresh_seconds
     desired = desired_status(status, generation, ready, registrations, observation, refresh)
     if ready.status == "False" and condition(status, READY).get("reason") != ready.reason:
-        event_body = body if isinstance(body, kopf.Body) else kopf.Body(dict(body))  # type: ignore[arg-type]
-        kopf.event(event_body, type="Warning", reason=ready.reason, message=ready.message)
+        await announce(runtime, body, "Warning", ready.reason, ready.message)
     return changed_fields(status, desired)
+
+
+async def announce(
+    runtime: Runtime, body: Mapping[str, Any], type_: str, reason: str, message: str
+) -> None:
+    """An Event on the account (cluster-scoped: posted in the operator's namespace)."""
+    try:
+        await runtime.resources.post_event(runtime.own_namespace, body, type_, reason, message)
+    except Exception as exc:
+        log.warning("Could not post an Event about an account: %s", exc)
+
+
+async def prune(
+    runtime: Runtime,
+    account: AccountSpec,
+    observation: Observation,
+    claims_of: Callable[[tuple[str, str]], list[Claim]],
+    body: Mapping[str, Any],
+    ready: Condition,
+) -> Condition:
+    """Authoritative: deregister what no ThingSpaceCallback declares, under every safety
+    rule (README, Authoritative accounts); returns Ready with what it did or why not."""
+    if runtime.config.namespaces:
+        note = "Authoritative is inactive: this operator watches only some namespaces"
+        return replace(ready, message=f"{ready.message}. {note}")
+    if not runtime.indexed:
+        return ready  # not every callback of the cluster seen yet: no judgement possible
+    watch = runtime.unmanaged
+    period = runtime.config.resync_seconds
+    for service, live in sorted(observation.callbacks.items()):
+        key = (account.account_name, service)
+        first = watch.get(key)
+        if claims_of(key):  # a callback of this account and service exists, in any state
+            watch.pop(key, None)
+        elif first is None or first[1] != live.url:
+            watch[key] = (observation.started_at, live.url)  # first seen unmanaged
+        elif observation.started_at - first[0] >= period:
+            await _deregister_unmanaged(runtime, account, service, live.url, claims_of, body)
+            watch.pop(key, None)
+    for key in [k for k in watch if k[0] == account.account_name]:
+        if key[1] not in observation.callbacks:
+            watch.pop(key)
+    return ready
+
+
+async def _deregister_unmanaged(
+    runtime: Runtime,
+    account: AccountSpec,
+    service: str,
+    url: str,
+    claims_of: Callable[[tuple[str, str]], list[Claim]],
+    body: Mapping[str, Any],
+) -> None:
+    view = await account_view(account, runtime)
+    async with runtime.lock_for(account.account_name, service):
+        if claims_of((account.account_name, service)):
+            return  # declared meanwhile
+        await deregister(view, service)
+    message = (
+        f"Deregistered {service} callbacks of account {account.account_name} "
+        f"({display_url(url)}): no ThingSpaceCallback declares them and callbackPolicy is "
+        "Authoritative"
+    )
+    log.info("%s [ThingSpaceAccount %s]", message, account.name)
+    await announce(runtime, body, "Normal", "Pruned", message)
 
 
 def reports(runtime: Runtime, body: Mapping[str, Any]) -> bool:

@@ -45,6 +45,13 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
         help="watch Secrets labelled thingspace.io/credentials=true (default on) "
         "[THINGSPACE_SECRET_WATCH]",
     )
+    run.add_argument(
+        "--namespaced-secrets",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read Secrets in callbacks' namespaces (default on); off: only ThingSpaceAccounts' "
+        "Secrets in the operator's namespace [THINGSPACE_NAMESPACED_SECRETS]",
+    )
     election = run.add_argument_group("leader election (several replicas, one acts)")
     election.add_argument(
         "--leader-elect",
@@ -75,6 +82,7 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
             api_url=args.api_url,
             resync_seconds=args.resync_seconds,
             secret_watch=args.secret_watch,
+            namespaced_secrets=args.namespaced_secrets,
             leader_elect=args.leader_elect,
             leader_election_namespace=args.leader_election_namespace,
             leader_election_id=args.leader_election_id,

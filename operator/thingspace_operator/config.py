@@ -63,6 +63,11 @@ class OperatorConfig:
     retry_period_seconds: float = 2.0
     """How often the leader renews and a standby tries to acquire."""
 
+    namespaced_secrets: bool = True
+    """Read Secrets in the namespaces of callbacks (the inline credentialsSecretRef and
+    callbackCredentialsSecretRef). Off: only the operator's own namespace is read (the
+    Secrets of ThingSpaceAccounts), and callbacks must use spec.accountRef."""
+
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"

@@ -130,6 +130,7 @@ def build_registry(
     @kopf.on.event(*resource, registry=registry)
     async def track(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """Keep the drift sweep's view of every resource current."""
+        memo["runtime"].indexed = True  # kopf calls handlers only after every index is full
         sweep = memo["runtime"].sweep
         if type == "DELETED":
             meta = body.get("metadata", {})

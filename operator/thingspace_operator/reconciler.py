@@ -60,6 +60,7 @@ class Reason(enum.StrEnum):
     REJECTED = "Rejected"
     UNAVAILABLE = "Unavailable"
     ACCOUNT_NOT_ALLOWED = "AccountNotAllowed"
+    ACCOUNT_REQUIRED = "AccountRequired"
 
 
 @dataclass
@@ -83,6 +84,11 @@ class Runtime:
     """ThingSpaceAccounts by object name: kopf's live index, set at startup."""
     seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
     account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unmanaged: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    """(account, service) -> when (monotonic) and with which URL a registration nobody
+    declares was first seen: an Authoritative account removes it a period later."""
+    indexed: bool = False
+    """Every callback of the cluster has been seen (kopf runs no handler before that)."""
     """Each ThingSpaceAccount as last seen (for the status report after each sweep)."""
     """The spec each account had when last seen, to tell a change from a status write."""
     own_namespace: str = "default"
@@ -128,7 +134,9 @@ class Runtime:
         return lock
 
     def start_secret_watch(self, listener: Listener) -> None:
-        watch = LabelledSecretWatch(self.connection, listener, self.config.namespaces)
+        # Without Secret access in callbacks' namespaces, only the own namespace is watched.
+        scope = self.config.namespaces if self.config.namespaced_secrets else (self.own_namespace,)
+        watch = LabelledSecretWatch(self.connection, listener, scope)
         watch.on_gap = self.secrets.unwatch_all
         self.secrets.tracked = watch.tracks
         self.secret_watch = watch
@@ -212,6 +220,7 @@ async def sync(
         spec = CallbackSpec.parse(spec_body)
         if spec.suspend:
             return _suspended()
+        check_secrets_allowed(spec, runtime.config)
         spec = await resolve_account(namespace, spec, runtime, trigger.secrets_fresh_after)
         if rival is not None:
             return _conflict(spec, rival)
@@ -270,6 +279,23 @@ async def resolve_account(
             "spec.namespaces and spec.namespaceSelector); no ThingSpace call is made"
         )
     return replace(spec, account_name=account.account_name)
+
+
+def check_secrets_allowed(spec: CallbackSpec, config: OperatorConfig) -> None:
+    """Without Secret access in callbacks' namespaces, only the accountRef form without
+    callback credentials can work: say so instead of failing on a forbidden read."""
+    if config.namespaced_secrets:
+        return
+    if spec.account_ref is None or spec.callback_credentials_secret is not None:
+        raise AccountRequired(
+            "this operator reads no Secret outside its own namespace "
+            "(credentials.namespacedSecrets=false): use spec.accountRef, without "
+            "callbackCredentialsSecretRef"
+        )
+
+
+class AccountRequired(Exception):
+    """The callback needs a Secret in its namespace, which this operator may not read."""
 
 
 class AccountNotAllowed(Exception):
@@ -342,6 +368,14 @@ async def release(
     """Deregister on delete, but only what this resource owns. ``synced`` True: done."""
     try:
         spec = CallbackSpec.parse(spec_body)
+        try:
+            check_secrets_allowed(spec, runtime.config)
+        except AccountRequired as exc:  # its Secret cannot be read: let go, touch nothing
+            skipped = Announcement("Normal", "DeregistrationSkipped", f"Left as it is: {exc}")
+            return Outcome(
+                synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, skipped.message),
+                event=skipped,
+            )
         if spec.account_ref is not None:
             spec = await resolve_account(namespace, spec, runtime)
         decided = plan_delete(
@@ -361,13 +395,13 @@ async def release(
                 spec.deletion_policy, spec.management_policy, spec.suspend, owned_urls, live
             )
             if plan.action is Action.DEREGISTER:
-                await _deregister(view, spec.service_name)
+                await deregister(view, spec.service_name)
             return _released(spec, plan.reason, live)
     except Exception as exc:
         return failure_outcome(exc)
 
 
-async def _deregister(view: AccountView, service: str) -> None:
+async def deregister(view: AccountView, service: str) -> None:
     try:
         await view.deregister(service)
     except RequestRejected:
@@ -501,6 +535,8 @@ def failure_outcome(exc: BaseException, observed_live: tuple[Callback | None, ..
             return _failure(Reason.CREDENTIALS_NOT_FOUND, str(exc), observed_live=observed_live)
         case CredentialsInvalid():
             return _failure(Reason.CREDENTIALS_INVALID, str(exc), observed_live=observed_live)
+        case AccountRequired():
+            return _failure(Reason.ACCOUNT_REQUIRED, str(exc), observed_live=observed_live)
         case AccountNotAllowed():
             return _failure(Reason.ACCOUNT_NOT_ALLOWED, str(exc), observed_live=observed_live)
         case AuthenticationFailed(stage="oauth"):

@@ -393,3 +393,28 @@ def test_dockerfile_copies_what_exists_and_runs_an_installed_entrypoint() -> Non
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entrypoint.group(1) in scripts
     assert re.search(r"^USER \d+:\d+$", dockerfile, re.MULTILINE)
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["secret-watch", "no-secret-watch"])
+@pytest.mark.parametrize("options", [[], NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_without_namespaced_secrets_only_the_own_namespace_has_secret_access(
+    options: list[str], watch: bool
+) -> None:
+    docs = render(
+        *options,
+        "--set", "credentials.namespacedSecrets=false",
+        "--set", f"secretWatch.enabled={str(watch).lower()}",
+    )  # fmt: skip
+    secret_rules = {
+        (role["kind"], role["metadata"].get("namespace", ""), tuple(rule["verbs"]))
+        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        for rule in role["rules"]
+        if "secrets" in rule["resources"]
+    }
+    verbs = ("get", "list", "watch") if watch else ("get",)
+    assert secret_rules == {("Role", "ops", verbs)}  # the release namespace
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["THINGSPACE_NAMESPACED_SECRETS"] == "false"

@@ -33,7 +33,7 @@ from tests.e2e.controlplane import Cluster
 from tests.e2e.rbac import granted_rules, unused_grants, used_requests
 
 RESYNC_SECONDS = 2
-NAMESPACES_PER_MODE = 14
+NAMESPACES_PER_MODE = 16
 
 
 @dataclass
@@ -325,6 +325,54 @@ def test_an_account_shared_with_namespaces_by_label(installed: Installation) -> 
         plane.kubectl("-n", namespace, "delete", "tscb", name, "--timeout=60s")
     assert set(sim.live(account_name)) == {"DeviceUsage"}  # the unmanaged one stays
     plane.kubectl("delete", "tsa", account)  # cluster-scoped: the next mode's operator sees it
+
+
+def test_an_authoritative_account_removes_only_what_nobody_declares(
+    installed: Installation,
+) -> None:
+    """Cluster-wide: an undeclared registration goes (with an Event naming it), a declared
+    one and one whose callback is suspended stay. Namespaced: nothing goes, and the account
+    says why."""
+    plane, sim, release = installed.plane, installed.sim, installed.release
+    account_name = installed.account()
+    apply(
+        plane, secret_manifest("platform-credentials", release.namespace, DEMO_CREDENTIALS, False)
+    )
+    namespace = installed.namespace()
+    for service in ("DeviceUsage", "QoS", "CarrierService"):
+        sim.request(
+            "PUT", f"registrations/{account_name}/{service}", {"url": "https://by-hand.example/x"}
+        )
+    account = unique("authoritative")
+    manifest = account_manifest(account, account_name, release.namespace, unique("tier"))
+    manifest["spec"].update(callbackPolicy="Authoritative", namespaces=[namespace])
+    suspended = callback_manifest("carrier", namespace, account_name, serviceName="CarrierService")
+    suspended["spec"]["suspend"] = True
+    apply(plane, manifest, by_ref("qos", namespace, account, "QoS"), suspended)
+    wait_ready(plane, namespace, "qos")
+    if installed.mode == "namespaced":
+        eventually(
+            lambda: "inactive" in str(plane.kubectl_json("get", "tsa", account)["status"]),
+            RESYNC_SECONDS + 20,
+            "the account says Authoritative is inactive",
+        )
+        assert set(sim.live(account_name)) == {"DeviceUsage", "QoS", "CarrierService"}
+    else:
+        eventually(
+            lambda: "DeviceUsage" not in sim.live(account_name),
+            RESYNC_SECONDS * 4 + 20,
+            "the undeclared registration removed",
+        )
+        assert set(sim.live(account_name)) == {"QoS", "CarrierService"}
+        messages = [
+            item.get("message", "")
+            for item in plane.kubectl_json("-n", release.namespace, "get", "events")["items"]
+            if item.get("reason") == "Pruned"
+        ]
+        assert any("DeviceUsage" in m and "https://by-hand.example/x" in m for m in messages)
+    for name in ("qos", "carrier"):
+        plane.kubectl("-n", namespace, "delete", "tscb", name, "--timeout=60s")
+    plane.kubectl("delete", "tsa", account)
 
 
 def account_manifest(name: str, account: str, secret_namespace: str, tier: str) -> dict[str, Any]:

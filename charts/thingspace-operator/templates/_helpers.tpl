@@ -45,7 +45,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["thingspace.io"]
   resources: ["thingspacecallbacks/status"]
   verbs: ["patch"]
-{{- if .Values.secretWatch.enabled }}
+{{- if not .Values.credentials.namespacedSecrets }}
+# No Secret access here (credentials.namespacedSecrets=false): only ThingSpaceAccounts'
+# Secrets, in the release namespace.
+{{- else if .Values.secretWatch.enabled }}
 # get: referenced Secrets, each by name; list/watch: only with the label selector
 # thingspace.io/credentials=true (RBAC cannot restrict by label; the operator never asks
 # for other Secrets).

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from .connection import KubeConnection
+from .events import event_manifest
 
 log = logging.getLogger(__name__)
 
@@ -213,29 +214,17 @@ class LeaderElector:
     async def announce(self, message: str) -> None:
         """An Event on the Lease (``kubectl describe lease`` shows who led when). Best
         effort: a failure is logged, never fatal."""
-        record, now = self.observed, micro_time()
-        namespace = self.config.namespace
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{self.config.name}.", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "name": self.config.name,
-                "namespace": namespace,
-                "uid": record.uid if record is not None else "",
-            },
-            "reason": "LeaderElection",
-            "message": message,
-            "type": "Normal",
-            "source": {"component": "thingspace-operator"},
-            "reportingComponent": "thingspace-operator",
-            "reportingInstance": self.config.identity,
-            "firstTimestamp": now[:19] + "Z",
-            "lastTimestamp": now[:19] + "Z",
-            "count": 1,
+        namespace, name = self.names
+        involved = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "name": name,
+            "namespace": namespace,
+            "uid": self.observed.uid if self.observed is not None else "",
         }
+        event = event_manifest(
+            namespace, involved, "Normal", "LeaderElection", message, self.config.identity
+        )
         until = time.monotonic() + self.config.retry_period
         try:
             await self._request("POST", f"/api/v1/namespaces/{namespace}/events", until, event)

@@ -3,6 +3,7 @@
 import asyncio
 import datetime
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from ..account import ACCOUNT_PLURAL
 from ..model import GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 from .connection import KubeConnection
+from .events import event_manifest, reference
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 
@@ -65,6 +67,21 @@ class CallbackResources:
             timeout=TIMEOUT,
         ) as response:
             if response.status >= 300 and response.status != 404:  # 404: deleted meanwhile
+                raise ApiException(status=response.status, reason=response.reason)
+
+    async def post_event(
+        self, namespace: str, body: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        """An Event about the object ``body``, posted in ``namespace`` (outside kopf's
+        handlers, which post their own)."""
+        event = event_manifest(namespace, reference(body), type_, reason, message)
+        async with self._client().post(
+            self._connection.url(f"/api/v1/namespaces/{namespace}/events"),
+            json=event,
+            headers=self._connection.headers(),
+            timeout=TIMEOUT,
+        ) as response:
+            if response.status >= 300:
                 raise ApiException(status=response.status, reason=response.reason)
 
     def _client(self) -> aiohttp.ClientSession:

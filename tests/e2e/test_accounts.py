@@ -1,0 +1,116 @@
+"""ThingSpaceAccount on a real API server, beyond the lifecycle: a rejected login is made
+once and reported on the account; a team moves its callbacks to an account with no
+ThingSpace write."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.cluster import (
+    DEMO_CREDENTIALS,
+    OperatorProcess,
+    Release,
+    Simulator,
+    apply,
+    callback_manifest,
+    condition,
+    eventually,
+    secret_manifest,
+    settled,
+    unique,
+    wait_ready,
+)
+from tests.e2e.controlplane import Cluster
+from tests.e2e.test_lifecycle import account_manifest, by_ref
+
+RESYNC_SECONDS = 2
+
+
+@dataclass
+class Setup:
+    plane: Cluster
+    sim: Simulator
+    release: Release
+    team: str
+
+
+@pytest.fixture(scope="module")
+def setup(
+    plane: Cluster, sim: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
+    team = unique("team")
+    plane.kubectl("create", "namespace", team)
+    release = Release(plane, unique("accounts-system"), name=unique("tso"))
+    release.install("--set", f"thingspace.resyncSeconds={RESYNC_SECONDS}")
+    operator = OperatorProcess(release, sim, tmp_path_factory.mktemp("operator")).start()
+    try:
+        yield Setup(plane, sim, release, team)
+    finally:
+        operator.stop()
+        release.uninstall()
+
+
+def test_a_rejected_login_is_made_once_and_reported_on_the_account(setup: Setup) -> None:
+    plane, sim, team = setup.plane, setup.sim, setup.team
+    # A healthy callback: its drift check lists its account once per period, a clock.
+    apply(plane, secret_manifest("thingspace-credentials", team, DEMO_CREDENTIALS))
+    apply(plane, callback_manifest("heartbeat", team, "0000551155-00001"))
+    wait_ready(plane, team, "heartbeat")
+    wrong = {**DEMO_CREDENTIALS, "username": "platform-user", "password": "not-the-password"}
+    apply(plane, secret_manifest("platform-credentials", setup.release.namespace, wrong))
+    account = unique("rejected")
+    manifest = account_manifest(account, "0000661166-00001", setup.release.namespace, "x")
+    manifest["spec"]["namespaces"] = [team]
+    apply(
+        plane,
+        manifest,
+        by_ref("qos-rejected", team, account, "QoS"),
+        by_ref("usage-rejected", team, account, "DeviceUsage"),
+    )
+
+    def ready_reason() -> str:
+        status = plane.kubectl_json("get", "tsa", account).get("status") or {}
+        return str((status.get("conditions") or [{}])[0].get("reason", ""))
+
+    eventually(lambda: ready_reason() == "AuthenticationFailed", 30, "the account reports it")
+    for name in ("qos-rejected", "usage-rejected"):
+        synced = eventually(lambda n=name: condition(plane, team, n, "Synced"), 30)
+        assert synced["reason"] == "AuthenticationFailed"
+        assert f"ThingSpaceAccount {account}" in synced["message"]
+    lists = sim.calls("list")
+    eventually(lambda: sim.calls("list") >= lists + 2, RESYNC_SECONDS * 3 + 20, "two periods")
+    assert sim.request("GET", "logins")["failed"] == {"platform-user": 1}
+    for name in ("qos-rejected", "usage-rejected"):  # nothing to deregister without a login
+        plane.kubectl(
+            "-n", team, "patch", "tscb", name, "--type=merge",
+            "-p", '{"spec":{"deletionPolicy":"Orphan"}}',
+        )  # fmt: skip
+    for name in ("qos-rejected", "usage-rejected", "heartbeat"):
+        plane.kubectl("-n", team, "delete", "tscb", name, "--timeout=60s")
+    plane.kubectl("delete", "tsa", account)
+
+
+def test_moving_a_callback_to_an_account_writes_nothing_to_thingspace(setup: Setup) -> None:
+    plane, sim, team = setup.plane, setup.sim, setup.team
+    account_name = "0000771177-00001"
+    apply(plane, secret_manifest("thingspace-credentials", team, DEMO_CREDENTIALS))
+    apply(plane, callback_manifest("qos-moving", team, account_name))
+    wait_ready(plane, team, "qos-moving")
+    writes, lists = sim.writes(), sim.calls("list")
+
+    apply(plane, secret_manifest("platform-credentials", setup.release.namespace, DEMO_CREDENTIALS))
+    account = unique("fleet")
+    manifest = account_manifest(account, account_name, setup.release.namespace, "x")
+    manifest["spec"]["namespaces"] = [team]
+    moved = by_ref("qos-moving", team, account, "QoS")
+    moved["spec"]["url"] = "https://listener.example.com/qos-moving"  # unchanged
+    apply(plane, manifest, moved)
+    eventually(lambda: settled(plane, team, "qos-moving"), 30, "the moved callback handled")
+    eventually(lambda: sim.calls("list") >= lists + 2, 30, "the operator looked again")
+    assert sim.writes() == writes
+    spec = plane.kubectl_json("-n", team, "get", "tscb", "qos-moving")["spec"]
+    assert "accountName" not in spec
+    assert spec["accountRef"] == {"name": account}
+    plane.kubectl("-n", team, "delete", "tscb", "qos-moving", "--timeout=60s")
+    plane.kubectl("delete", "tsa", account)

@@ -1,0 +1,128 @@
+"""An Authoritative account's pruning, rule by rule, against a recording view: what it
+removes, and every case where it must not. The real API server and simulator run it in
+tests/e2e/test_lifecycle.py."""
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from thingspace_operator import account_handlers
+from thingspace_operator.account import AccountSpec
+from thingspace_operator.kube.claims import Claim
+from thingspace_operator.kube.status import Condition
+from thingspace_operator.thingspace.accounts import Observation
+from thingspace_operator.thingspace.models import Callback
+
+ACCOUNT = AccountSpec.parse(
+    "fleet",
+    {
+        "accountName": "0000123456-00001",
+        "credentialsSecretRef": {"name": "creds"},
+        "callbackPolicy": "Authoritative",
+    },
+)
+PERIOD = 10.0
+READY = Condition("Ready", "True", "Authenticated", "Listed")
+CLAIM = Claim("2026-01-01T00:00:00Z", "team", "qos")
+
+
+class RecordingView:
+    def __init__(self) -> None:
+        self.deregistered: list[str] = []
+
+    async def deregister(self, service: str) -> float:
+        self.deregistered.append(service)
+        return 0.0
+
+    def now(self) -> float:
+        return 0.0
+
+    async def observe(self, not_before: float) -> dict[str, Callback]:
+        return {}
+
+
+@pytest.fixture
+def view(monkeypatch: pytest.MonkeyPatch) -> RecordingView:
+    recording = RecordingView()
+
+    async def account_view(*_: Any) -> RecordingView:
+        return recording
+
+    async def announce(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(account_handlers, "account_view", account_view)
+    monkeypatch.setattr(account_handlers, "announce", announce)
+    return recording
+
+
+def runtime(indexed: bool = True, namespaces: tuple[str, ...] = ()) -> Any:
+    return SimpleNamespace(
+        config=SimpleNamespace(namespaces=namespaces, resync_seconds=PERIOD),
+        indexed=indexed,
+        unmanaged={},
+        lock_for=lambda *_: asyncio.Lock(),
+    )
+
+
+def listed(at: float, **urls: str) -> Observation:
+    return Observation(
+        at, {service: Callback(ACCOUNT.account_name, service, url) for service, url in urls.items()}
+    )
+
+
+async def prune_twice(
+    rt: Any, first: Observation, second: Observation, declared: set[str] = frozenset()
+) -> Condition:
+    def claims_of(key: tuple[str, str]) -> list[Claim]:
+        return [CLAIM] if key[1] in declared else []
+
+    await account_handlers.prune(rt, ACCOUNT, first, claims_of, {}, READY)
+    return await account_handlers.prune(rt, ACCOUNT, second, claims_of, {}, READY)
+
+
+async def test_an_undeclared_registration_goes_after_two_lists_a_period_apart(
+    view: RecordingView,
+) -> None:
+    await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    assert view.deregistered == ["QoS"]
+
+
+async def test_two_lists_less_than_a_period_apart_are_not_enough(view: RecordingView) -> None:
+    await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD - 1, QoS="https://a"))
+    assert view.deregistered == []
+
+
+async def test_a_changed_url_starts_the_wait_again(view: RecordingView) -> None:
+    await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://b"))
+    assert view.deregistered == []
+
+
+async def test_a_declared_registration_is_never_removed(view: RecordingView) -> None:
+    first, second = listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a")
+    await prune_twice(runtime(), first, second, declared={"QoS"})
+    assert view.deregistered == []
+
+
+async def test_nothing_is_judged_before_every_callback_was_seen(view: RecordingView) -> None:
+    """After a restart, kopf's initial listing must be complete: until then, no memory."""
+    rt = runtime(indexed=False)
+    await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    assert view.deregistered == []
+    assert rt.unmanaged == {}
+
+
+async def test_an_operator_watching_some_namespaces_never_prunes(view: RecordingView) -> None:
+    rt = runtime(namespaces=("team",))
+    ready = await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    assert view.deregistered == []
+    assert "Authoritative is inactive" in ready.message
+
+
+async def test_a_registration_gone_meanwhile_is_forgotten(view: RecordingView) -> None:
+    rt = runtime()
+    await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD))
+    assert rt.unmanaged == {}
+    assert view.deregistered == []
