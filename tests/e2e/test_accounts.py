@@ -2,6 +2,7 @@
 once and reported on the account; a team moves its callbacks to an account with no
 ThingSpace write."""
 
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,20 @@ class Setup:
     sim: Simulator
     release: Release
     team: str
+    operator: OperatorProcess
+
+    def requested_reconciles(self) -> float:
+        """Successful reconciles asked for outside the drift sweep (an account or Secret
+        change, or a user's annotation), from the operator's metrics."""
+        url = f"http://127.0.0.1:{self.operator.env['THINGSPACE_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        wanted = ('trigger="requested"', 'result="ReconcileSuccess"')
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("thingspace_reconciles_total{") and all(w in line for w in wanted)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +60,7 @@ def setup(
     release.install("--set", f"thingspace.resyncSeconds={RESYNC_SECONDS}")
     operator = OperatorProcess(release, sim, tmp_path_factory.mktemp("operator")).start()
     try:
-        yield Setup(plane, sim, release, team)
+        yield Setup(plane, sim, release, team, operator)
     finally:
         operator.stop()
         release.uninstall()
@@ -113,4 +128,28 @@ def test_moving_a_callback_to_an_account_writes_nothing_to_thingspace(setup: Set
     assert "accountName" not in spec
     assert spec["accountRef"] == {"name": account}
     plane.kubectl("-n", team, "delete", "tscb", "qos-moving", "--timeout=60s")
+    plane.kubectl("delete", "tsa", account)
+
+
+def test_a_callback_heals_as_soon_as_its_account_allows_its_namespace(setup: Setup) -> None:
+    """The account's change asks its callbacks to reconcile (the annotation a user would
+    set): no waiting for a drift check."""
+    plane, team = setup.plane, setup.team
+    apply(plane, secret_manifest("platform-credentials", setup.release.namespace, DEMO_CREDENTIALS))
+    account = unique("closed")
+    manifest = account_manifest(account, "0000881188-00001", setup.release.namespace, "x")
+    apply(plane, manifest, by_ref("qos-waiting", team, account, "QoS"))
+    eventually(
+        lambda: (
+            condition(plane, team, "qos-waiting", "Synced").get("reason") == "AccountNotAllowed"
+        ),
+        30,
+        "refused",
+    )
+    requested = setup.requested_reconciles()
+    manifest["spec"]["namespaces"] = [team]
+    apply(plane, manifest)
+    wait_ready(plane, team, "qos-waiting")
+    assert setup.requested_reconciles() > requested, "healed by a drift check, not the change"
+    plane.kubectl("-n", team, "delete", "tscb", "qos-waiting", "--timeout=60s")
     plane.kubectl("delete", "tsa", account)
