@@ -52,6 +52,7 @@ def build_registry(
         claims: ClaimsIndex = kwargs["claims"]
         users: SecretUsers = kwargs["secret_users"]
         runtime.account_index = kwargs["accounts"]
+        runtime.account_users = kwargs["account_users"]
         await runtime.verify_crd_served()
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
         if config.secret_watch:
@@ -181,6 +182,11 @@ async def secret_changed(runtime: Runtime, users: SecretUsers, event: SecretEven
     if not runtime.secret_versions.changed(key, event.data, initial=event.initial):
         return
     await reconcile_users(runtime, users, key)
+    for namespace, callback in runtime.callbacks_using_account_secret(key):
+        try:  # an account's credentials changed: its callbacks use them now
+            await runtime.resources.request_reconcile(namespace, callback)
+        except Exception as exc:
+            log.warning("Could not ask %s/%s to reconcile (%s)", namespace, callback, exc)
 
 
 async def reconcile_users(

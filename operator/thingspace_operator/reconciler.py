@@ -82,6 +82,8 @@ class Runtime:
     secret_watch: LabelledSecretWatch | None = None
     account_index: Mapping[str, Iterable[AccountSpec]] = field(default_factory=dict)
     """ThingSpaceAccounts by object name: kopf's live index, set at startup."""
+    account_users: Mapping[str, Iterable[tuple[str, str]]] = field(default_factory=dict)
+    """ThingSpaceAccount name -> (namespace, name) of the callbacks that reference it."""
     seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
     account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
     unmanaged: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
@@ -118,6 +120,18 @@ class Runtime:
 
     def account(self, name: str) -> AccountSpec | None:
         return next(iter(self.account_index.get(name, ())), None)
+
+    def callbacks_using_account_secret(self, key: tuple[str, str]) -> list[tuple[str, str]]:
+        """The callbacks whose ThingSpaceAccount keeps its credentials in Secret ``key``."""
+        return sorted(
+            {
+                user
+                for name, specs in self.account_index.items()
+                for spec in specs
+                if (spec.secret_namespace or self.own_namespace, spec.secret_name) == key
+                for user in self.account_users.get(name, ())
+            }
+        )
 
     def account_names(self) -> dict[str, str]:
         """ThingSpaceAccount name -> the billing account it holds."""

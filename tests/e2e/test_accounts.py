@@ -66,7 +66,7 @@ def setup(
         release.uninstall()
 
 
-def test_a_rejected_login_is_made_once_and_reported_on_the_account(setup: Setup) -> None:
+def test_a_rejected_login_is_made_once_and_fixing_the_secret_heals_at_once(setup: Setup) -> None:
     plane, sim, team = setup.plane, setup.sim, setup.team
     # A healthy callback: its drift check lists its account once per period, a clock.
     apply(plane, secret_manifest("thingspace-credentials", team, DEMO_CREDENTIALS))
@@ -96,11 +96,14 @@ def test_a_rejected_login_is_made_once_and_reported_on_the_account(setup: Setup)
     lists = sim.calls("list")
     eventually(lambda: sim.calls("list") >= lists + 2, RESYNC_SECONDS * 3 + 20, "two periods")
     assert sim.request("GET", "logins")["failed"] == {"platform-user": 1}
-    for name in ("qos-rejected", "usage-rejected"):  # nothing to deregister without a login
-        plane.kubectl(
-            "-n", team, "patch", "tscb", name, "--type=merge",
-            "-p", '{"spec":{"deletionPolicy":"Orphan"}}',
-        )  # fmt: skip
+
+    # Fixing the account's Secret (labelled, so watched) heals its callbacks at once.
+    requested = setup.requested_reconciles()
+    apply(plane, secret_manifest("platform-credentials", setup.release.namespace, DEMO_CREDENTIALS))
+    for name in ("qos-rejected", "usage-rejected"):
+        wait_ready(plane, team, name)
+    assert setup.requested_reconciles() > requested, "healed by a drift check, not the change"
+    eventually(lambda: ready_reason() == "Authenticated", RESYNC_SECONDS + 20, "account Ready")
     for name in ("qos-rejected", "usage-rejected", "heartbeat"):
         plane.kubectl("-n", team, "delete", "tscb", name, "--timeout=60s")
     plane.kubectl("delete", "tsa", account)
