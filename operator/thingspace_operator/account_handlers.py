@@ -13,10 +13,18 @@ import kopf
 
 from .account import ACCOUNT_PLURAL, AccountSpec, CallbackPolicy
 from .config import OperatorConfig
-from .kube.claims import Claim, claims_for, owner_among
+from .kube.claims import ACCOUNT_REF, Claim, claims_for, owner_among
 from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
 from .model import GROUP, VERSION, InvalidSpec
-from .reconciler import READY, Runtime, account_view, deregister, display_url, failure_outcome
+from .reconciler import (
+    READY,
+    Runtime,
+    Sighting,
+    account_view,
+    deregister,
+    display_url,
+    failure_outcome,
+)
 from .thingspace.accounts import Observation
 
 log = logging.getLogger(__name__)
@@ -49,20 +57,24 @@ def register_account_handlers(
     async def account_changed(
         type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
     ) -> None:
-        """Keep each account's body for the periodic report; a changed or deleted account:
-        its callbacks reconcile now (they may have become allowed or not, or use other
-        credentials)."""
+        """Keep each account's body for the report after each sweep; report a new or
+        changed account at once; and ask its callbacks to reconcile when its spec changed
+        (they may have become allowed or not, or use other credentials). No kopf state is
+        kept on accounts: the platform team's objects get no annotations or finalizers."""
         runtime: Runtime = memo["runtime"]
         runtime.indexed = True  # kopf calls handlers only after every index is full
-        if type == "DELETED":
-            runtime.account_bodies.pop(name, None)
-        else:
-            runtime.account_bodies[name] = dict(body)
+        first_sight = name not in runtime.seen_accounts
         seen = _parsed(name, body.get("spec") or {}) if type != "DELETED" else None
         previous = runtime.seen_accounts.get(name)
         runtime.seen_accounts[name] = seen
-        if type is None or previous == seen:
-            return  # the initial listing (every callback resumes anyway), or only status
+        if type == "DELETED":  # its name stays seen: a re-creation is a change
+            runtime.account_bodies.pop(name, None)
+        else:
+            runtime.account_bodies[name] = dict(body)
+            if first_sight or previous != seen:
+                await report_one(runtime, kwargs["claims"], name, body, time.monotonic())
+        if first_sight or previous == seen:
+            return  # at startup every callback resumes anyway; or only the status changed
         users: AccountUsers = kwargs["account_users"]
         for namespace, callback in sorted(set(users.get(name, ()))):
             try:
@@ -70,38 +82,26 @@ def register_account_handlers(
             except Exception as exc:
                 log.warning("Could not ask %s/%s to reconcile (%s)", namespace, callback, exc)
 
-    @kopf.on.resume(*account, registry=registry)
-    @kopf.on.create(*account, registry=registry)
-    @kopf.on.update(*account, field="spec", registry=registry)
-    async def report(
-        name: str,
-        body: kopf.Body,
-        patch: kopf.Patch,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        """A new or changed account's status at once; afterwards, every drift sweep
-        refreshes it (report_accounts)."""
-        runtime: Runtime = memo["runtime"]
-        if not reports(runtime, body):
-            return
-        now = time.monotonic() - runtime.config.observation_max_age_seconds
-        changes = await status_changes(runtime, kwargs["claims"], name, body, now)
-        patch.status.update(changes)
-
 
 async def report_accounts(runtime: Runtime, claims: Any, since: float) -> None:
     """After a drift sweep: every account's status, from the lists the sweep made (an
     account no callback uses is listed here, once per period)."""
     for name, body in sorted(runtime.account_bodies.items()):
-        if not reports(runtime, body):
-            continue
-        try:
-            changes = await status_changes(runtime, claims, name, body, since)
-            if changes:
-                await runtime.resources.patch_account_status(name, changes)
-        except Exception as exc:
-            log.warning("Could not report ThingSpaceAccount %s: %s", name, type(exc).__name__)
+        await report_one(runtime, claims, name, body, since)
+
+
+async def report_one(
+    runtime: Runtime, claims: Any, name: str, body: Mapping[str, Any], not_before: float
+) -> None:
+    """Write the account's status if it changed; never raises (logged instead)."""
+    if not reports(runtime, body):
+        return
+    try:
+        changes = await status_changes(runtime, claims, name, body, not_before)
+        if changes:
+            await runtime.resources.patch_account_status(name, changes)
+    except Exception as exc:
+        log.warning("Could not report ThingSpaceAccount %s: %s", name, type(exc).__name__)
 
 
 async def status_changes(
@@ -111,10 +111,10 @@ async def status_changes(
     Ready turns False for a new reason."""
     spec, status = body.get("spec") or {}, body.get("status") or {}
     ready, observation, account_name = await observe(runtime, name, spec, not_before)
-    names = runtime.account_names()
 
     def claims_of(key: tuple[str, str]) -> list[Claim]:
-        return claims_for(claims, names, key)
+        # Read afresh each time: accounts and callbacks may appear while this awaits.
+        return declaring(claims, runtime.account_names(), key)
 
     registrations = (
         _registrations(account_name, observation, claims_of) if observation is not None else None
@@ -122,6 +122,8 @@ async def status_changes(
     account = _parsed(name, spec)
     if observation is not None and account is not None and account.policy is AUTHORITATIVE:
         ready = await prune(runtime, account, observation, claims_of, body, ready)
+    else:  # not pruning (now): earlier sightings must not count later
+        forget_sightings(runtime, account_name)
     generation = (body.get("metadata") or {}).get("generation")
     refresh = runtime.config.sync_time_refresh_seconds
     desired = desired_status(status, generation, ready, registrations, observation, refresh)
@@ -159,14 +161,20 @@ async def prune(
     period = runtime.config.resync_seconds
     for service, live in sorted(observation.callbacks.items()):
         key = (account.account_name, service)
-        first = watch.get(key)
+        seen = watch.get(key)
         if claims_of(key):  # a callback of this account and service exists, in any state
             watch.pop(key, None)
-        elif first is None or first[1] != live.url:
-            watch[key] = (observation.started_at, live.url)  # first seen unmanaged
-        elif observation.started_at - first[0] >= period:
+        elif (
+            seen is None
+            or seen.url != live.url
+            or observation.started_at - seen.last > 2 * period  # sightings not consecutive
+        ):
+            watch[key] = Sighting(observation.started_at, observation.started_at, live.url)
+        elif observation.started_at - seen.first >= period:
             await _deregister_unmanaged(runtime, account, service, live.url, claims_of, body)
             watch.pop(key, None)
+        else:
+            watch[key] = replace(seen, last=observation.started_at)
     for key in [k for k in watch if k[0] == account.account_name]:
         if key[1] not in observation.callbacks:
             watch.pop(key)
@@ -193,6 +201,26 @@ async def _deregister_unmanaged(
     )
     log.info("%s [ThingSpaceAccount %s]", message, account.name)
     await announce(runtime, body, "Normal", "Pruned", message)
+
+
+def declaring(claims: Any, names: Mapping[str, str], key: tuple[str, str]) -> list[Claim]:
+    """The callbacks that declare registration ``key``, plus, to be safe, every callback of
+    that service whose ThingSpaceAccount cannot be resolved (deleted, invalid, not yet
+    seen): it may be for this account."""
+    unresolved = [
+        claim
+        for (account, service), found in claims.items()
+        if service == key[1]
+        and account.startswith(ACCOUNT_REF)
+        and account.removeprefix(ACCOUNT_REF) not in names
+        for claim in found
+    ]
+    return claims_for(claims, names, key) + unresolved
+
+
+def forget_sightings(runtime: Runtime, account_name: str) -> None:
+    for key in [k for k in runtime.unmanaged if k[0] == account_name]:
+        del runtime.unmanaged[key]
 
 
 def reports(runtime: Runtime, body: Mapping[str, Any]) -> bool:

@@ -214,7 +214,7 @@ async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> Non
     """Once per drift period, before the checks: forget the Secrets nobody references any
     longer, read again those no watch keeps fresh, and reconcile the users of any that
     changed. An unlabelled Secret's change so applies within one period."""
-    runtime.secrets.retain(users)
+    runtime.secrets.retain({*users, *runtime.account_secrets()})
     gate = asyncio.Semaphore(16)
 
     async def refresh(key: tuple[str, str]) -> None:

@@ -86,9 +86,9 @@ class Runtime:
     """ThingSpaceAccount name -> (namespace, name) of the callbacks that reference it."""
     seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
     account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
-    unmanaged: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
-    """(account, service) -> when (monotonic) and with which URL a registration nobody
-    declares was first seen: an Authoritative account removes it a period later."""
+    unmanaged: dict[tuple[str, str], "Sighting"] = field(default_factory=dict)
+    """(account, service) -> when and with which URL a registration nobody declares was
+    seen: an Authoritative account removes it a period after the first sighting."""
     indexed: bool = False
     """Every callback of the cluster has been seen (kopf runs no handler before that)."""
     """Each ThingSpaceAccount as last seen (for the status report after each sweep)."""
@@ -133,6 +133,14 @@ class Runtime:
             }
         )
 
+    def account_secrets(self) -> set[tuple[str, str]]:
+        """The Secrets ThingSpaceAccounts keep their credentials in."""
+        return {
+            (spec.secret_namespace or self.own_namespace, spec.secret_name)
+            for specs in self.account_index.values()
+            for spec in specs
+        }
+
     def account_names(self) -> dict[str, str]:
         """ThingSpaceAccount name -> the billing account it holds."""
         return {
@@ -149,7 +157,11 @@ class Runtime:
 
     def start_secret_watch(self, listener: Listener) -> None:
         # Without Secret access in callbacks' namespaces, only the own namespace is watched.
-        scope = self.config.namespaces if self.config.namespaced_secrets else (self.own_namespace,)
+        scope: tuple[str, ...] = (self.own_namespace,)  # ThingSpaceAccounts' Secrets
+        if self.config.namespaced_secrets and self.config.namespaces:
+            scope = tuple(dict.fromkeys((*self.config.namespaces, self.own_namespace)))
+        elif self.config.namespaced_secrets:
+            scope = ()  # every namespace
         watch = LabelledSecretWatch(self.connection, listener, scope)
         watch.on_gap = self.secrets.unwatch_all
         self.secrets.tracked = watch.tracks
@@ -173,6 +185,15 @@ class Runtime:
         await self.resources.close()
         await self.clients.close()
         self.metrics.stop()
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A registration nobody declares, as the lists of an account showed it."""
+
+    first: float  # monotonic start of the first list that showed it
+    last: float  # ... and of the latest
+    url: str
 
 
 @dataclass(frozen=True)
@@ -283,7 +304,7 @@ async def resolve_account(
         return spec
     account = runtime.account(spec.account_ref)
     if account is None:
-        raise CredentialsNotFound(f"ThingSpaceAccount {spec.account_ref} not found")
+        raise AccountNotFound(f"ThingSpaceAccount {spec.account_ref} not found")
     labels = (
         await runtime.namespaces.labels(namespace, fresh_after) if account.needs_labels else None
     )
@@ -312,6 +333,10 @@ class AccountRequired(Exception):
     """The callback needs a Secret in its namespace, which this operator may not read."""
 
 
+class AccountNotFound(CredentialsNotFound):
+    """The ThingSpaceAccount of ``accountRef`` does not exist (or its spec is invalid)."""
+
+
 class AccountNotAllowed(Exception):
     """The referenced ThingSpaceAccount is not shared with the callback's namespace."""
 
@@ -335,12 +360,10 @@ async def account_view(
     credentials = await runtime.secrets.app_credentials(
         account.secret_namespace or runtime.own_namespace, account.secret_name, fresh_after
     )
-    return runtime.views.view(
-        runtime.clients.client_for(credentials),
-        account.account_name,
-        account.max_concurrent_calls,
-        account.max_calls_per_second,
+    runtime.views.set_budget(
+        account.account_name, account.max_concurrent_calls, account.max_calls_per_second
     )
+    return runtime.views.view(runtime.clients.client_for(credentials), account.account_name)
 
 
 async def _sync_locked(
@@ -385,13 +408,7 @@ async def release(
         try:
             check_secrets_allowed(spec, runtime.config)
         except AccountRequired as exc:  # its Secret cannot be read: let go, touch nothing
-            skipped = Announcement("Normal", "DeregistrationSkipped", f"Left as it is: {exc}")
-            return Outcome(
-                synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, skipped.message),
-                event=skipped,
-            )
-        if spec.account_ref is not None:
-            spec = await resolve_account(namespace, spec, runtime)
+            return _let_go(exc)
         decided = plan_delete(
             spec.deletion_policy,
             spec.management_policy,
@@ -402,6 +419,11 @@ async def release(
         )
         if decided.reason is not DeleteReason.ALREADY_GONE:  # no need to look at ThingSpace
             return _released(spec, decided.reason)
+        if spec.account_ref is not None:
+            try:
+                spec = await resolve_account(namespace, spec, runtime)
+            except (AccountNotFound, AccountNotAllowed) as exc:
+                return _let_go(exc)  # a namespace's deletion must not hang on an account
         view = await _view_for(namespace, spec, runtime)
         async with runtime.lock_for(spec.account_name, spec.service_name):
             live = (await view.observe(view.now())).get(spec.service_name)
@@ -413,6 +435,18 @@ async def release(
             return _released(spec, plan.reason, live)
     except Exception as exc:
         return failure_outcome(exc)
+
+
+def _let_go(reason: Exception) -> Outcome:
+    """Deleted without a ThingSpace call: whatever is registered stays, and the Event says
+    why."""
+    skipped = Announcement(
+        "Warning", "DeregistrationSkipped", f"Left any registration in ThingSpace: {reason}"
+    )
+    return Outcome(
+        synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, skipped.message),
+        event=skipped,
+    )
 
 
 async def deregister(view: AccountView, service: str) -> None:

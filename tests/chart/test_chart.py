@@ -148,7 +148,7 @@ ACCOUNT_RULES = [
     {
         "apiGroups": ["thingspace.io"],
         "resources": ["thingspaceaccounts"],
-        "verbs": ["list", "watch", "patch"],
+        "verbs": ["list", "watch"],
     },
     {
         "apiGroups": ["thingspace.io"],
@@ -204,7 +204,11 @@ def test_namespaced_mode_uses_roles_per_namespace() -> None:
     # Cluster-wide only what is cluster-scoped: ThingSpaceAccounts and namespaces' labels.
     assert [r["rules"] for r in by_kind(docs, "ClusterRole")] == [ACCOUNT_RULES]
     own = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-own")]
-    assert [(r["metadata"]["namespace"], r["rules"]) for r in own] == [("ops", OWN_NAMESPACE_RULES)]
+    watched = [
+        {**OWN_NAMESPACE_RULES[0], "verbs": ["get", "list", "watch"]},
+        OWN_NAMESPACE_RULES[1],
+    ]
+    assert [(r["metadata"]["namespace"], r["rules"]) for r in own] == [("ops", watched)]
     args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["--namespace=team-a", "--namespace=team-b"]
 

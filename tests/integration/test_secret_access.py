@@ -118,7 +118,12 @@ async def test_namespaced_operator_watches_only_its_namespaces(
         for selector, namespace, name in operator_secret_reads(k8s)
         if name is None
     }
-    assert collections == {(CREDENTIALS_SELECTOR, NAMESPACE), (CREDENTIALS_SELECTOR, "other")}
+    # And its own namespace ("default" here), where ThingSpaceAccounts keep credentials.
+    assert collections == {
+        (CREDENTIALS_SELECTOR, NAMESPACE),
+        (CREDENTIALS_SELECTOR, "other"),
+        (CREDENTIALS_SELECTOR, "default"),
+    }
 
 
 @pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])

@@ -126,3 +126,42 @@ async def test_a_registration_gone_meanwhile_is_forgotten(view: RecordingView) -
     await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD))
     assert rt.unmanaged == {}
     assert view.deregistered == []
+
+
+async def test_a_callback_declared_while_pruning_waits_is_respected(
+    monkeypatch: pytest.MonkeyPatch, view: RecordingView
+) -> None:
+    """The last check runs under the registration's lock, with claims read afresh."""
+    declared: set[str] = set()
+
+    async def account_view(*_: Any) -> RecordingView:
+        declared.add("QoS")  # a callback appears while the credentials are read
+        return view
+
+    monkeypatch.setattr(account_handlers, "account_view", account_view)
+
+    def claims_of(key: tuple[str, str]) -> list[Claim]:
+        return [CLAIM] if key[1] in declared else []
+
+    rt = runtime()
+    for at in (0, PERIOD):
+        await account_handlers.prune(rt, ACCOUNT, listed(at, QoS="https://a"), claims_of, {}, READY)
+    assert view.deregistered == []
+
+
+async def test_sightings_must_be_consecutive(view: RecordingView) -> None:
+    rt = runtime()
+    for at in (0, 3 * PERIOD):  # a gap: lists failed or the account was Additive meanwhile
+        await account_handlers.prune(
+            rt, ACCOUNT, listed(at, QoS="https://a"), lambda _: [], {}, READY
+        )
+    assert view.deregistered == []
+
+
+def test_a_callback_of_an_unknown_account_blocks_pruning_its_service() -> None:
+    claims = {("ThingSpaceAccount/gone", "QoS"): [CLAIM]}
+    found = account_handlers.declaring(
+        claims, {"fleet": "0000123456-00001"}, ("0000123456-00001", "QoS")
+    )
+    assert found == [CLAIM]
+    assert account_handlers.declaring(claims, {}, ("0000123456-00001", "DeviceUsage")) == []

@@ -180,20 +180,20 @@ class AccountViews:
         self._max_concurrent_calls = max_concurrent_calls
         self._calls_per_second = calls_per_second
         self._views: dict[tuple[AppCredentials, str], AccountView] = {}
+        self._budgets: dict[str, tuple[int, float]] = {}
 
-    def view(
-        self,
-        client: ThingSpaceClient,
-        account: str,
-        max_concurrent_calls: int | None = None,
-        calls_per_second: float | None = None,
-    ) -> AccountView:
-        """The view; an account's own budget (ThingSpaceAccount) overrides the defaults."""
-        key = (client.credentials, account)
-        budget = (
+    def set_budget(
+        self, account: str, max_concurrent_calls: int | None, calls_per_second: float | None
+    ) -> None:
+        """An account's own budget (its ThingSpaceAccount), for every view of it."""
+        self._budgets[account] = (
             max_concurrent_calls or self._max_concurrent_calls,
             calls_per_second or self._calls_per_second,
         )
+
+    def view(self, client: ThingSpaceClient, account: str) -> AccountView:
+        key = (client.credentials, account)
+        budget = self._budgets.get(account, (self._max_concurrent_calls, self._calls_per_second))
         view = self._views.get(key)
         if view is None or view.client is not client or view.budget != budget:
             view = AccountView(client, account, *budget)
