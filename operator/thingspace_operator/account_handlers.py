@@ -112,16 +112,19 @@ async def status_changes(
     spec, status = body.get("spec") or {}, body.get("status") or {}
     ready, observation, account_name = await observe(runtime, name, spec, not_before)
 
-    def claims_of(key: tuple[str, str]) -> list[Claim]:
-        # Read afresh each time: accounts and callbacks may appear while this awaits.
+    def managers(key: tuple[str, str]) -> list[Claim]:
+        return claims_for(claims, runtime.account_names(), key)
+
+    def may_declare(key: tuple[str, str]) -> list[Claim]:
+        # Read afresh each time: accounts and callbacks may appear while pruning awaits.
         return declaring(claims, runtime.account_names(), key)
 
     registrations = (
-        _registrations(account_name, observation, claims_of) if observation is not None else None
+        _registrations(account_name, observation, managers) if observation is not None else None
     )
     account = _parsed(name, spec)
     if observation is not None and account is not None and account.policy is AUTHORITATIVE:
-        ready = await prune(runtime, account, observation, claims_of, body, ready)
+        ready = await prune(runtime, account, observation, may_declare, body, ready)
     else:  # not pruning (now): earlier sightings must not count later
         forget_sightings(runtime, account_name)
     generation = (body.get("metadata") or {}).get("generation")
