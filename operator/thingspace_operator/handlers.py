@@ -248,7 +248,8 @@ async def sync_and_report(
     """The body of every sync handler: who owns it, sync, then status, Event and metrics."""
     runtime: Runtime = memo["runtime"]
     rival = _rival(runtime, claims, claim_key(spec), claim_of(meta, namespace or ""))
-    outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival)
+    recorded = status.get("accountName")
+    outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival, recorded)
     runtime.sweep.handled(_namespaced(namespace), str(meta.get("name")))
     report(outcome, status, meta, patch, body, runtime=runtime, trigger=label)
     return outcome
@@ -265,7 +266,10 @@ async def check_drift(
     """
     trigger = Trigger(not_before=since, drift_check=True, check_only=True)
     rival = _rival(runtime, claims, tracked.registration, tracked.claim)
-    outcome = await reconciler.sync(tracked.namespace, tracked.spec, runtime, trigger, rival)
+    recorded = tracked.status.get("accountName")
+    outcome = await reconciler.sync(
+        tracked.namespace, tracked.spec, runtime, trigger, rival, recorded
+    )
     status = tracked.status
     refresh = runtime.config.sync_time_refresh_seconds
     desired = desired_status(outcome, status, tracked.generation, False, refresh)
@@ -397,6 +401,8 @@ def desired_status(
         "observedGeneration": generation,
         "conditions": merge_conditions(status.get("conditions") or (), updates, generation, now),
     }
+    if outcome.account:
+        desired["accountName"] = outcome.account
     if outcome.observed:
         desired["registration"] = (
             {

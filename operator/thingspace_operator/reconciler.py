@@ -217,6 +217,7 @@ class Outcome:
     transient: bool = False  # worth retrying soon (ThingSpace unavailable or throttling)
     retry_after: float | None = None
     correction_needed: bool = False  # a check-only sync found a write to make
+    account: str | None = None  # the billing account the resource resolved to
 
     @property
     def succeeded(self) -> bool:
@@ -245,6 +246,7 @@ async def sync(
     runtime: Runtime,
     trigger: Trigger,
     rival: Claim | None = None,
+    recorded_account: str | None = None,
 ) -> Outcome:
     """Make ThingSpace's registration equal the spec (or only observe it).
 
@@ -257,11 +259,18 @@ async def sync(
             return _suspended()
         check_secrets_allowed(spec, runtime.config)
         spec = await resolve_account(namespace, spec, runtime, trigger.secrets_fresh_after)
+        if recorded_account and recorded_account != spec.account_name:
+            raise InvalidSpec(
+                f"this resource registers in account {recorded_account}; its accountRef now "
+                f"names account {spec.account_name}. The account of a ThingSpaceCallback "
+                "cannot change (the registration would be left behind): create a new one"
+            )
         if rival is not None:
-            return _conflict(spec, rival)
+            return replace(_conflict(spec, rival), account=spec.account_name)
         desired, view = await _prepare(namespace, spec, runtime, trigger.secrets_fresh_after)
         async with runtime.lock_for(spec.account_name, spec.service_name):
-            return await _sync_locked(spec, desired, view, runtime, trigger)
+            outcome = await _sync_locked(spec, desired, view, runtime, trigger)
+        return replace(outcome, account=spec.account_name)
     except Exception as exc:
         return _through_account(failure_outcome(exc), spec_body)
 

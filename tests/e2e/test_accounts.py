@@ -127,9 +127,30 @@ def test_moving_a_callback_to_an_account_writes_nothing_to_thingspace(setup: Set
     eventually(lambda: settled(plane, team, "qos-moving"), 30, "the moved callback handled")
     eventually(lambda: sim.calls("list") >= lists + 2, 30, "the operator looked again")
     assert sim.writes() == writes
-    spec = plane.kubectl_json("-n", team, "get", "tscb", "qos-moving")["spec"]
-    assert "accountName" not in spec
-    assert spec["accountRef"] == {"name": account}
+    moved_obj = plane.kubectl_json("-n", team, "get", "tscb", "qos-moving")
+    assert "accountName" not in moved_obj["spec"]
+    assert moved_obj["spec"]["accountRef"] == {"name": account}
+    assert moved_obj["status"]["accountName"] == account_name
+
+    # accountRef and an account's accountName are immutable, but an account can be
+    # deleted and created again for another billing account: the callback would leave its
+    # registration behind, so the change is refused, with no ThingSpace write.
+    plane.kubectl("delete", "tsa", account)
+    recreated = account_manifest(account, "0000991199-00001", setup.release.namespace, "x")
+    recreated["spec"]["namespaces"] = [team]
+    writes = sim.writes()
+    apply(plane, recreated)
+    eventually(
+        lambda: condition(plane, team, "qos-moving", "Synced").get("reason") == "InvalidSpec",
+        RESYNC_SECONDS + 20,
+        "an account change refused",
+    )
+    assert "cannot change" in condition(plane, team, "qos-moving", "Synced")["message"]
+    assert sim.writes() == writes
+    plane.kubectl(
+        "-n", team, "patch", "tscb", "qos-moving", "--type=merge",
+        "-p", '{"spec":{"deletionPolicy":"Orphan"}}',
+    )  # fmt: skip
     plane.kubectl("-n", team, "delete", "tscb", "qos-moving", "--timeout=60s")
     plane.kubectl("delete", "tsa", account)
 

@@ -51,9 +51,11 @@ async def test_create_registers_and_reports_ready(operator, cluster: Cluster, si
         "observedGeneration",
         "conditions",
         "registration",
+        "accountName",
         "lastSyncTime",
         "lastHandledReconcileAt",
     }
+    assert status["accountName"] == ACCOUNT
 
 
 async def test_url_update_reregisters(operator, cluster: Cluster, sim) -> None:
