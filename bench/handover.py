@@ -39,15 +39,13 @@ from tests.e2e.cluster import (
 )
 from tests.e2e.controlplane import Cluster, ControlPlane, ensure_binary
 from tests.e2e.proxies import Candidate, LoopThread, RecordingProxy
+from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- handover -->", "<!-- /handover -->"
-SERVICES = [
-    "AlertService", "CarrierService", "DevicePRLInformation", "DeviceProfileService",
-    "DeviceService", "DeviceSuspensionStatus", "DeviceUsage", "DiagnosticsService",
-    "EnhancedConnectivityService", "ExternalProvisioningChanges",
-]  # fmt: skip
+# Distinct services (AlertsService is only another spelling of AlertService).
+SERVICES = [s for s in CALLBACK_SERVICE_NAMES if s != "AlertsService"][:10]
 QUIET_SECONDS = 3.0  # a new leader with no call for this long has resumed every resource
 
 

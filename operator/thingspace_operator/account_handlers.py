@@ -14,7 +14,14 @@ import kopf
 from .account import ACCOUNT_PLURAL, AccountSpec, CallbackPolicy
 from .config import OperatorConfig
 from .kube.claims import ACCOUNT_REF, Claim, claims_for, owner_among
-from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
+from .kube.status import (
+    Condition,
+    changed_fields,
+    condition,
+    merge_conditions,
+    older_than,
+    utc_timestamp,
+)
 from .model import GROUP, VERSION, InvalidSpec
 from .reconciler import (
     READY,
@@ -76,11 +83,7 @@ def register_account_handlers(
         if first_sight or previous == seen:
             return  # at startup every callback resumes anyway; or only the status changed
         users: AccountUsers = kwargs["account_users"]
-        for namespace, callback in sorted(set(users.get(name, ()))):
-            try:
-                await runtime.resources.request_reconcile(namespace, callback)
-            except Exception as exc:
-                log.warning("Could not ask %s/%s to reconcile (%s)", namespace, callback, exc)
+        await runtime.ask_to_reconcile(sorted(set(users.get(name, ()))))
 
 
 async def report_accounts(runtime: Runtime, claims: Any, since: float) -> None:
@@ -297,7 +300,9 @@ def desired_status(
         managed = sum(1 for row in registrations if row["managedBy"])
         desired.update(registrations=registrations, managed=managed)
         desired["unmanaged"] = len(registrations) - managed
-        if changed_fields(status, desired) or _stale(status.get("lastListTime"), refresh_seconds):
+        if changed_fields(status, desired) or older_than(
+            status.get("lastListTime"), refresh_seconds
+        ):
             desired["lastListTime"] = _wall_time(observation.started_at)
     return desired
 
@@ -306,10 +311,3 @@ def _wall_time(monotonic: float) -> str:
     ago = time.monotonic() - monotonic
     when = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=max(0.0, ago))
     return utc_timestamp(when)
-
-
-def _stale(timestamp: str | None, seconds: float) -> bool:
-    if not timestamp:
-        return True
-    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    return (datetime.datetime.now(datetime.UTC) - then).total_seconds() >= seconds

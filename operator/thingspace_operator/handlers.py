@@ -5,7 +5,6 @@ configuration, so tests and the CLI each get a registry with their own settings.
 """
 
 import asyncio
-import datetime
 import logging
 import random
 import time
@@ -22,7 +21,14 @@ from .drift import Tracked
 from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
 from .kube.secrets import referenced_secrets
 from .kube.secretwatch import SecretEvent
-from .kube.status import Condition, changed_fields, condition, merge_conditions, utc_timestamp
+from .kube.status import (
+    Condition,
+    changed_fields,
+    condition,
+    merge_conditions,
+    older_than,
+    utc_timestamp,
+)
 from .metrics import ResourceState
 from .model import FINALIZER, GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 from .plan import Ownership
@@ -182,11 +188,8 @@ async def secret_changed(runtime: Runtime, users: SecretUsers, event: SecretEven
     if not runtime.secret_versions.changed(key, event.data, initial=event.initial):
         return
     await reconcile_users(runtime, users, key)
-    for namespace, callback in runtime.callbacks_using_account_secret(key):
-        try:  # an account's credentials changed: its callbacks use them now
-            await runtime.resources.request_reconcile(namespace, callback)
-        except Exception as exc:
-            log.warning("Could not ask %s/%s to reconcile (%s)", namespace, callback, exc)
+    # An account's credentials changed: its callbacks use them now.
+    await runtime.ask_to_reconcile(runtime.callbacks_using_account_secret(key))
 
 
 async def reconcile_users(
@@ -195,19 +198,11 @@ async def reconcile_users(
     """Ask every resource that references the Secret ``key`` to reconcile now (with the
     read made at ``read_at``, if any). One that cannot be asked is left to its drift check,
     which sees the new values too."""
-    for user in sorted(set(users.get(key, ()))):
-        if read_at is not None:
-            runtime.sweep.secrets_read((key[0], user), read_at)
-        try:
-            await runtime.resources.request_reconcile(key[0], user)
-        except Exception as exc:
-            log.warning(
-                "Could not ask %s/%s to reconcile after its Secret changed (%s); its next "
-                "drift check will",
-                key[0],
-                user,
-                type(exc).__name__,
-            )
+    callbacks = [(key[0], user) for user in sorted(set(users.get(key, ())))]
+    if read_at is not None:
+        for callback in callbacks:
+            runtime.sweep.secrets_read(callback, read_at)
+    await runtime.ask_to_reconcile(callbacks)
 
 
 async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> None:
@@ -215,6 +210,7 @@ async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> Non
     longer, read again those no watch keeps fresh, and reconcile the users of any that
     changed. An unlabelled Secret's change so applies within one period."""
     runtime.secrets.retain({*users, *runtime.account_secrets()})
+    runtime.namespaces.retain({namespace for namespace, _ in runtime.account_callbacks()})
     gate = asyncio.Semaphore(16)
 
     async def refresh(key: tuple[str, str]) -> None:
@@ -413,18 +409,11 @@ def desired_status(
             else None
         )
     if outcome.succeeded and (
-        changed_fields(status, desired) or _older_than(status.get("lastSyncTime"), sync_refresh)
+        changed_fields(status, desired) or older_than(status.get("lastSyncTime"), sync_refresh)
     ):
         # A check that changes nothing writes nothing, except a coarse heartbeat.
         desired["lastSyncTime"] = now
     return desired
-
-
-def _older_than(timestamp: str | None, seconds: float) -> bool:
-    if not timestamp:
-        return True
-    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    return (datetime.datetime.now(datetime.UTC) - then).total_seconds() >= seconds
 
 
 def post_event(body: kopf.Body, outcome: Outcome, status: Mapping[str, Any]) -> None:

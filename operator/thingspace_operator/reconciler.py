@@ -7,6 +7,7 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 
 import asyncio
 import enum
+import logging
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ from .thingspace.models import Callback
 
 READY, SYNCED = "Ready", "Synced"
 IN_SYNC_MESSAGE = "The live registration in ThingSpace matches the spec"
+
+log = logging.getLogger(__name__)
 
 
 class Reason(enum.StrEnum):
@@ -120,6 +123,24 @@ class Runtime:
 
     def account(self, name: str) -> AccountSpec | None:
         return next(iter(self.account_index.get(name, ())), None)
+
+    async def ask_to_reconcile(self, callbacks: Iterable[tuple[str, str]]) -> None:
+        """Set the reconcile-now annotation on each (namespace, name). One that cannot be
+        asked is left to its drift check, which sees the same change."""
+        for namespace, name in callbacks:
+            try:
+                await self.resources.request_reconcile(namespace, name)
+            except Exception as exc:
+                log.warning(
+                    "Could not ask %s/%s to reconcile (%s); its next drift check will",
+                    namespace,
+                    name,
+                    type(exc).__name__,
+                )
+
+    def account_callbacks(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every callback that uses a ThingSpaceAccount."""
+        return {user for users in self.account_users.values() for user in users}
 
     def callbacks_using_account_secret(self, key: tuple[str, str]) -> list[tuple[str, str]]:
         """The callbacks whose ThingSpaceAccount keeps its credentials in Secret ``key``."""

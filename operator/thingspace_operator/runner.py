@@ -30,7 +30,7 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 async def run(config: OperatorConfig, api_client: kubernetes.client.ApiClient) -> None:
     runtime = Runtime.create(config, api_client)
-    runtime.own_namespace = config.leader_election_namespace or own_namespace(os.environ)
+    runtime.own_namespace = own_namespace(os.environ)
     logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
     runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
     elector = None

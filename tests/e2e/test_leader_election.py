@@ -33,16 +33,11 @@ from tests.e2e.cluster import (
 from tests.e2e.controlplane import Cluster
 from tests.e2e.proxies import Candidate, CuttableTcpProxy, LoopThread, RecordingProxy
 from tests.e2e.rbac import used_requests
+from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 LEASE_DURATION, RENEW_DEADLINE = 15.0, 10.0
-SERVICES = [
-    "AlertService", "CarrierService", "DevicePRLInformation", "DeviceProfileService",
-    "DeviceService", "DeviceSuspensionStatus", "DeviceUsage", "DiagnosticsService",
-    "EnhancedConnectivityService", "ExternalProvisioningChanges", "IntelligenceService",
-    "NetworkEventService", "NiddService", "PromoChanges", "PwnService", "QoS",
-    "ResumeTrackingNotification", "SMSDeliveryConfirmation", "StateService",
-    "SubscriptionNotificationService",
-]  # fmt: skip
+# Distinct services (AlertsService is only another spelling of AlertService).
+SERVICES = [s for s in CALLBACK_SERVICE_NAMES if s != "AlertsService"][:20]
 
 
 @dataclass

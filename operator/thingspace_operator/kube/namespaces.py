@@ -34,9 +34,6 @@ class NamespaceLabels:
         self._known[namespace] = (started, labels)
         return labels
 
-    def known(self) -> list[str]:
-        return list(self._known)
-
     def retain(self, namespaces: set[str]) -> None:
         for namespace in set(self._known) - namespaces:
             del self._known[namespace]

@@ -23,6 +23,14 @@ def utc_timestamp(now: datetime.datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def older_than(timestamp: str | None, seconds: float) -> bool:
+    """Whether the status timestamp is missing or at least ``seconds`` old."""
+    if not timestamp:
+        return True
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return (datetime.datetime.now(datetime.UTC) - then).total_seconds() >= seconds
+
+
 def merge_conditions(
     current: Iterable[Mapping[str, Any]],
     updates: Iterable[Condition],

@@ -200,10 +200,5 @@ class AccountViews:
             self._views[key] = view
         return view
 
-    def cached(self, account: str) -> "Observation | None":
-        """The newest list of ``account`` any view holds (no call)."""
-        found = [v.cached for (_, name), v in self._views.items() if name == account and v.cached]
-        return max(found, key=lambda o: o.started_at, default=None)
-
     async def close(self) -> None:
         await asyncio.gather(*(view.close() for view in self._views.values()))
