@@ -26,8 +26,8 @@ import aiohttp
 from bench import handover
 from tests.harness.demo import free_port, write_kubeconfig_to
 from tests.harness.kube import KubernetesEmulator, emulated_kubernetes
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
-from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"

@@ -14,7 +14,7 @@ from tests.harness.operator import running_operator
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.kube.secretwatch import CREDENTIALS_LABEL
 from thingspace_operator.reconciler import Runtime
-from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 
 NAMESPACE = "iot"
 ACCOUNT = "0000123456-00001"

@@ -41,3 +41,11 @@ class SimControl:
     async def calls(self, endpoint: str) -> int:
         """Requests to one endpoint, whatever their status."""
         return sum(n for (name, _), n in (await self.counts()).items() if name == endpoint)
+
+    async def deliver(self, account: str, service: str, **fields: Any) -> dict[str, Any]:
+        """Have the simulator send a callback message: answers ``{id, requestId}``."""
+        body = {"account": account, "service": service, **fields}
+        return await self.request("POST", "deliveries", body)  # type: ignore[no-any-return]
+
+    async def delivery(self, delivery_id: int) -> dict[str, Any]:
+        return await self.request("GET", f"deliveries/{delivery_id}")  # type: ignore[no-any-return]

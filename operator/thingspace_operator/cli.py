@@ -11,7 +11,6 @@ import kubernetes
 
 from . import runner
 from .config import OperatorConfig
-from .thingspace.simulator import run_simulator, simulator_config_from_args
 
 
 def operator_main(argv: Sequence[str] | None = None) -> int:
@@ -121,50 +120,6 @@ def configure_logging(config: OperatorConfig) -> None:
     logging.getLogger().setLevel(config.log_level.upper())
     # aiohttp's access and client logs could carry URLs with tokens in query strings.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-
-
-def simulator_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="thingspace-sim", description="A faithful simulator of the ThingSpace API."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8088)
-    parser.add_argument(
-        "--app",
-        action="append",
-        default=[],
-        metavar="KEY:SECRET",
-        help="accepted OAuth app credentials (repeatable; default: demo)",
-    )
-    parser.add_argument(
-        "--user",
-        action="append",
-        default=[],
-        metavar="NAME:PASSWORD",
-        help="accepted UWS login (repeatable; default: demo)",
-    )
-    parser.add_argument(
-        "--account",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="existing account (repeatable; default: any well-formed name)",
-    )
-    parser.add_argument(
-        "--session-idle-seconds",
-        type=float,
-        help="idle time after which session tokens expire (default 1200)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = simulator_config_from_args(
-            args.app, args.user, args.account, args.session_idle_seconds
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_simulator(args.host, args.port, config)
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from verizon.models.log_in_request import LogInRequest
 from verizon.models.register_callback_request import RegisterCallbackRequest
 from verizon.verizon_client import VerizonClient
 
-from thingspace_operator.thingspace.simulator import SimulatorServer
+from thingspace_operator.simulator import SimulatorServer
 
 ACCOUNT = "0000123456-00001"
 SDK_ENVIRONMENT = Environment.MOCK_SERVER_FOR_LIMITED_AVAILABILITY_SEE_QUICK_START

@@ -20,7 +20,7 @@ import yaml
 
 from tests.harness.kube import emulated_kubernetes, load_crd
 from tests.harness.printing import table
-from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKDIR = ROOT / ".demo"

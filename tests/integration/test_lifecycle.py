@@ -4,7 +4,7 @@ import aiohttp
 
 from tests.conftest import ACCOUNT, Cluster, OperatorFactory, eventually
 from thingspace_operator.model import FINALIZER
-from thingspace_operator.thingspace.simulator import SimulatorServer
+from thingspace_operator.simulator import SimulatorServer
 
 URL = "https://listener.example.com/qos"
 

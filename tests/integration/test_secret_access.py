@@ -20,7 +20,7 @@ from tests.conftest import (
 from tests.harness.kube import KubernetesEmulator
 from thingspace_operator.kube.secretwatch import CREDENTIALS_SELECTOR
 from thingspace_operator.reconciler import Runtime
-from thingspace_operator.thingspace.simulator import SimulatorServer
+from thingspace_operator.simulator import SimulatorServer
 
 PERIOD = 1.0  # drift period for the tests that rely on it
 #: The bound the README documents for an unlabelled Secret: one period, plus the sweep's

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import ACCOUNT, Cluster, OperatorFactory, eventually
 from tests.simctl import SimControl
-from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 
 APP_SECRET = "S3cr3t-app-6d1f0c"
 UWS_PASSWORD = "S3cr3t-uws-9a2b7e"

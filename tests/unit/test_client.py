@@ -7,6 +7,7 @@ import aiohttp
 import pytest
 
 from tests.simctl import SimControl
+from thingspace_operator.simulator import SimulatorServer
 from thingspace_operator.thingspace.accounts import AccountView
 from thingspace_operator.thingspace.client import ThingSpaceClient
 from thingspace_operator.thingspace.errors import (
@@ -18,7 +19,6 @@ from thingspace_operator.thingspace.errors import (
 from thingspace_operator.thingspace.http import ThingSpaceHTTP
 from thingspace_operator.thingspace.models import AppCredentials, Callback
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
-from thingspace_operator.thingspace.simulator import SimulatorServer
 
 ACCOUNT = "0000123456-00001"
 GOOD = AppCredentials("demo-app-key", "demo-app-secret", "demo-user", "demo-password")

@@ -18,13 +18,13 @@ import yaml
 from tests.crd_support import CRD_PATH, crd_schema, load_crd
 from thingspace_operator.kube.secrets import APP_CREDENTIAL_KEYS, CALLBACK_CREDENTIAL_KEYS
 from thingspace_operator.model import URL_MAX_LENGTH, URL_RE
+from thingspace_operator.simulator import DEMO_APPS, DEMO_USERS
 from thingspace_operator.thingspace.services import (
     ACCOUNT_NAME_MAX_LENGTH,
     ACCOUNT_NAME_PATTERN,
     CALLBACK_CREDENTIAL_MAX_LENGTH,
     CALLBACK_SERVICE_NAMES,
 )
-from thingspace_operator.thingspace.simulator import DEMO_APPS, DEMO_USERS
 
 CRD = load_crd()
 (VERSION,) = CRD["spec"]["versions"]

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.simctl import SimControl
-from thingspace_operator.thingspace.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 
 ACCOUNT = "0000123456-00001"
 BASIC = "Basic " + base64.b64encode(b"demo-app-key:demo-app-secret").decode()

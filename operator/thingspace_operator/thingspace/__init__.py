@@ -1,1 +1,1 @@
-"""The ThingSpace side: client, errors, credentials and the simulator. No Kubernetes here."""
+"""The ThingSpace side: client, errors, credentials, service names. No Kubernetes here."""

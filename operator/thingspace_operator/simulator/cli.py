@@ -1,0 +1,208 @@
+"""The ``thingspace-sim`` command.
+
+``thingspace-sim [serve] [--host H] [--port P] ...`` serves the simulator (``serve`` may be
+left out). ``thingspace-sim send --account A --service S [--payload FILE] [--wait]`` asks
+a running simulator to deliver one callback message to what is registered there.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .server import run_simulator
+from .state import DEMO_APPS, DEMO_USERS, SimulatorConfig
+
+DEFAULT_SIM_URL = "http://127.0.0.1:8088"
+POLL_SECONDS = 0.1
+#: Serve flags (``--session-idle-seconds`` ...) for these settings, defaults from the config.
+TIME_SETTINGS = {
+    "session_idle_seconds": "idle time after which session tokens expire",
+    "delivery_retry_seconds": "wait between attempts to deliver a callback message",
+    "delivery_timeout_seconds": "time one delivery attempt may take",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["send"]:
+        return send_main(args[1:])
+    if args[:1] == ["serve"]:
+        args = args[1:]
+    return serve_main(args)
+
+
+# --- serve -----------------------------------------------------------------------------
+
+
+def seconds(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thingspace-sim",
+        usage="%(prog)s [serve] [options]",
+        description="A faithful simulator of the ThingSpace API.",
+        epilog="thingspace-sim send --help: ask a running simulator to deliver a callback.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8088)
+    parser.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="KEY:SECRET",
+        help="accepted OAuth app credentials (repeatable; default: demo)",
+    )
+    parser.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="accepted UWS login (repeatable; default: demo)",
+    )
+    parser.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="existing account (repeatable; default: any well-formed name)",
+    )
+    for setting, what in TIME_SETTINGS.items():
+        default = getattr(SimulatorConfig, setting)
+        parser.add_argument(
+            "--" + setting.replace("_", "-"),
+            type=seconds,
+            default=default,
+            metavar="SECONDS",
+            help=f"{what} (default {default:g})",
+        )
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_simulator(args.host, args.port, config)
+    return 0
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, secret = value.partition(":")
+        if not sep or not name or not secret:
+            raise ValueError(f"{what} must look like NAME:SECRET")
+        pairs[name] = secret
+    return pairs
+
+
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    return SimulatorConfig(
+        apps=_pairs(args.app, "--app") or dict(DEMO_APPS),
+        users=_pairs(args.user, "--user") or dict(DEMO_USERS),
+        accounts=frozenset(args.account) if args.account else None,
+        **{setting: getattr(args, setting) for setting in TIME_SETTINGS},
+    )
+
+
+# --- send ------------------------------------------------------------------------------
+
+
+class SendFailed(Exception):
+    """The simulator refused the request or could not be reached."""
+
+
+def send_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thingspace-sim send",
+        description="Ask a running thingspace-sim to deliver one callback message to the URL "
+        "registered there for the account and service. Prints {id, requestId}.",
+    )
+    parser.add_argument("--account", required=True)
+    parser.add_argument("--service", required=True)
+    parser.add_argument(
+        "--payload",
+        type=Path,
+        metavar="FILE",
+        help="JSON object: the service-specific part of the message (default: the sample)",
+    )
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="KIND:ID",
+        help="a device of the message's deviceIds (repeatable; default: one sample IMEI)",
+    )
+    parser.add_argument("--sim-url", default=DEFAULT_SIM_URL, help=f"default {DEFAULT_SIM_URL}")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until delivered (exit 0) or archived (exit 1), print the history entry",
+    )
+    parser.add_argument("--wait-timeout", type=seconds, metavar="SECONDS", help="give up then")
+    args = parser.parse_args(argv)
+    body: dict[str, Any] = {"account": args.account, "service": args.service}
+    try:
+        if args.payload is not None:
+            body["payload"] = json.loads(args.payload.read_text())
+        if args.device:
+            body["deviceIds"] = [
+                {"id": device_id, "kind": kind}
+                for kind, device_id in (_device(value) for value in args.device)
+            ]
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    try:
+        delivered = asyncio.run(_send(args.sim_url.rstrip("/"), body, args.wait, args.wait_timeout))
+    except SendFailed as exc:
+        print(f"thingspace-sim send: {exc}", file=sys.stderr)
+        return 1
+    return 0 if delivered else 1
+
+
+def _device(value: str) -> tuple[str, str]:
+    kind, sep, device_id = value.partition(":")
+    if not sep or not kind or not device_id:
+        raise ValueError("--device must look like KIND:ID")
+    return kind, device_id
+
+
+async def _send(url: str, body: dict[str, Any], wait: bool, give_up: float | None) -> bool:
+    async with aiohttp.ClientSession() as http:
+        accepted = await _call(http, "POST", f"{url}/_sim/deliveries", body)
+        print(json.dumps(accepted), flush=True)
+        if not wait:
+            return True
+        try:
+            async with asyncio.timeout(give_up):
+                while True:
+                    entry = await _call(http, "GET", f"{url}/_sim/deliveries/{accepted['id']}")
+                    if entry["status"] != "pending":
+                        print(json.dumps(entry), flush=True)
+                        return bool(entry["status"] == "delivered")
+                    await asyncio.sleep(POLL_SECONDS)
+        except TimeoutError:
+            raise SendFailed(f"still pending after {give_up:g} s") from None
+
+
+async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+    try:
+        async with http.request(method, url, json=body) as response:
+            answer = await response.json(content_type=None)
+            if response.status >= 300:
+                problem = answer.get("error", answer) if isinstance(answer, dict) else answer
+                raise SendFailed(f"HTTP {response.status}: {problem}")
+            return answer
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise SendFailed(f"{url}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,470 @@
+"""thingspace-sim delivers callback messages as ThingSpace does (reference section 7), to
+real listeners on local ports over real HTTP: envelope, echoed credentials, retries,
+archive, history, and the ``thingspace-sim send`` command."""
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import eventually
+from tests.harness.demo import free_port
+from tests.simctl import SimControl
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator.samples import sample_services
+
+ACCOUNT = "0000123456-00001"
+SCRIPT = Path(sys.executable).parent / "thingspace-sim"
+FAST = SimulatorConfig(delivery_retry_seconds=0.05, delivery_timeout_seconds=2)
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class Listener:
+    """A callback listener: answers with ``statuses`` in turn (then 200), records requests."""
+
+    url: str = ""
+    statuses: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    #: Runs inside the handler, before it answers (e.g. to deregister between attempts).
+    on_request: Callable[[], Awaitable[None]] | None = None
+    #: Set when the test ends: answers held back (status 0) go out then.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.received.append(Received(dict(request.headers), await request.json()))
+        if self.on_request is not None:
+            await self.on_request()
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 0:  # no answer until the test ends: the simulator's attempt times out
+            await self.released.wait()
+        headers = {"Location": self.url + "/elsewhere"} if 300 <= status < 400 else None
+        return web.Response(status=status, headers=headers)
+
+    def bodies(self, key: str) -> list[Any]:
+        return [item.body[key] for item in self.received]
+
+
+@pytest.fixture
+async def new_listener() -> AsyncIterator[Callable[[], Awaitable[Listener]]]:
+    async with AsyncExitStack() as stack:
+
+        async def start() -> Listener:
+            listener = Listener()
+            app = web.Application()
+            app.router.add_post("/{tail:.*}", listener.handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            stack.callback(listener.released.set)
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            listener.url = f"http://127.0.0.1:{runner.addresses[0][1]}/callbacks"
+            return listener
+
+        yield start
+
+
+@pytest.fixture
+async def listener(new_listener: Callable[[], Awaitable[Listener]]) -> Listener:
+    return await new_listener()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorServer]:
+    async with SimulatorServer(FAST) as server:
+        yield server
+
+
+@pytest.fixture
+def ctl(sim: SimulatorServer) -> SimControl:
+    return SimControl(sim.url)
+
+
+async def finished(ctl: SimControl, delivery_id: int) -> dict[str, Any]:
+    async def entry() -> dict[str, Any] | None:
+        item = await ctl.delivery(delivery_id)
+        return item if item["status"] != "pending" else None
+
+    result: dict[str, Any] = await eventually(entry, what=f"delivery {delivery_id} finished")
+    return result
+
+
+async def post_trigger(sim: SimulatorServer, body: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{sim.url}/_sim/deliveries", json=body) as response,
+    ):
+        return response.status, await response.json()
+
+
+# --- the message -------------------------------------------------------------------------
+
+
+async def test_message_has_the_envelope_and_echoes_the_callback_credentials(
+    ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.set_registration(
+        ACCOUNT, "QoS", url=listener.url, username="cb-user", password="cb-secret"
+    )
+    accepted = await ctl.deliver(ACCOUNT, "QoS")
+    entry = await finished(ctl, accepted["id"])
+    assert entry["status"] == "delivered"
+    [received] = listener.received
+    body = received.body
+    assert (body["username"], body["password"]) == ("cb-user", "cb-secret")
+    assert "Authorization" not in received.headers
+    assert received.headers["Content-Type"].startswith("application/json")
+    assert body["requestId"] == accepted["requestId"] == str(uuid.UUID(body["requestId"]))
+    assert body["deviceIds"] == [{"id": "490154203237518", "kind": "IMEI"}]
+    assert (body["status"], body["callbackCount"], body["maxCallbackThreshold"]) == (
+        "Success",
+        1,
+        4,
+    )
+    [qos] = body["deviceResponse"]["qoS"]
+    assert qos["accountName"] == ACCOUNT
+    assert {"qosSubscriptionId", "reportedTime", "qosEvent"} <= set(qos)
+    assert entry["requestId"] == accepted["requestId"]
+    assert (entry["account"], entry["service"]) == (ACCOUNT, "QoS")
+    [attempt] = entry["attempts"]
+    assert (attempt["number"], attempt["url"], attempt["status"]) == (1, listener.url, 200)
+    assert "error" not in attempt
+    assert "reason" not in entry
+
+
+async def test_without_credentials_none_are_echoed(ctl: SimControl, listener: Listener) -> None:
+    await ctl.set_registration(ACCOUNT, "DeviceUsage", url=listener.url)
+    await finished(ctl, (await ctl.deliver(ACCOUNT, "DeviceUsage"))["id"])
+    assert not {"username", "password"} & set(listener.received[0].body)
+
+
+async def test_a_given_payload_replaces_the_service_part_but_not_the_envelope(
+    ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.set_registration(ACCOUNT, "SMSDeliveryConfirmation", url=listener.url, password="p1")
+    sms = {"smsResponse": {"messageStatus": "Expired"}}
+    forged = {"requestId": "forged", "password": "forged", "callbackCount": 9}
+    devices = [{"id": "5551234567", "kind": "MDN"}]
+    accepted = await ctl.deliver(
+        ACCOUNT, "SMSDeliveryConfirmation", payload={**sms, **forged}, deviceIds=devices
+    )
+    await finished(ctl, accepted["id"])
+    body = listener.received[0].body
+    assert body == {
+        "password": "p1",
+        "requestId": accepted["requestId"],
+        "deviceIds": devices,
+        **sms,
+        "status": "Success",
+        "callbackCount": 1,
+        "maxCallbackThreshold": 4,
+    }
+
+
+@pytest.mark.parametrize("service", [*sample_services(), "DeviceService"])
+async def test_samples_and_the_generic_payload(
+    ctl: SimControl, listener: Listener, service: str
+) -> None:
+    await ctl.set_registration(ACCOUNT, service, url=listener.url)
+    await finished(ctl, (await ctl.deliver(ACCOUNT, service))["id"])
+    body = listener.received[0].body
+    [payload_key] = (
+        set(body) - {"requestId", "deviceIds", "status", "callbackCount"} - {"maxCallbackThreshold"}
+    )
+    assert payload_key in ("deviceResponse", "smsResponse")
+    assert "${" not in json.dumps(body)
+    if service == "DeviceService":
+        assert body["deviceResponse"]["serviceName"] == "DeviceService"
+
+
+def test_the_required_samples_ship() -> None:
+    assert {"QoS", "CarrierService", "DeviceUsage", "SMSDeliveryConfirmation"} <= set(
+        sample_services()
+    )
+
+
+# --- retries and archive -----------------------------------------------------------------
+
+
+async def test_retries_after_failures_with_the_same_request_id(listener: Listener) -> None:
+    async with SimulatorServer() as sim:  # five minutes between attempts, until changed live
+        ctl = SimControl(sim.url)
+        settings = await ctl.request("PUT", "config", {"delivery_retry_seconds": 0.05})
+        assert settings["delivery_retry_seconds"] == 0.05
+        await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+        listener.statuses = [500, 503]
+        accepted = await ctl.deliver(ACCOUNT, "QoS")
+        entry = await finished(ctl, accepted["id"])
+    assert entry["status"] == "delivered"
+    assert [a["status"] for a in entry["attempts"]] == [500, 503, 200]
+    assert [a["number"] for a in entry["attempts"]] == [1, 2, 3]
+    assert listener.bodies("requestId") == [accepted["requestId"]] * 3
+    assert listener.bodies("callbackCount") == [1, 2, 3]
+    assert listener.bodies("maxCallbackThreshold") == [4] * 3
+
+
+async def test_archived_after_four_failed_attempts(ctl: SimControl, listener: Listener) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    listener.statuses = [500, 502, 404, 500]  # a fifth attempt would succeed
+    entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
+    assert entry["status"] == "archived"
+    assert "4 attempts" in entry["reason"]
+    assert [a["status"] for a in entry["attempts"]] == [500, 502, 404, 500]
+    assert len(listener.received) == 4
+    assert listener.bodies("callbackCount") == [1, 2, 3, 4]
+
+
+async def test_timeouts_redirects_and_refused_connections_are_failures(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.request("PUT", "config", {"delivery_timeout_seconds": 0.2})
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    listener.statuses = [0, 302]  # no answer in time, then a redirect that is not followed
+    entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
+    assert entry["status"] == "delivered"
+    first, second, third = entry["attempts"]
+    assert (first["status"], first["error"]) == (None, "no answer within 0.2 s")
+    assert (second["status"], third["status"]) == (302, 200)
+    assert len(listener.received) == 3
+
+    closed = f"http://127.0.0.1:{free_port()}/callbacks"
+    await ctl.set_registration(ACCOUNT, "CarrierService", url=closed)
+    entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "CarrierService"))["id"])
+    assert entry["status"] == "archived"
+    assert [a["status"] for a in entry["attempts"]] == [None] * 4
+    assert all(a["error"] for a in entry["attempts"])
+
+
+async def test_each_attempt_goes_to_the_url_registered_at_that_moment(
+    ctl: SimControl, listener: Listener, new_listener: Callable[[], Awaitable[Listener]]
+) -> None:
+    moved = await new_listener()
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url, password="old")
+
+    async def move() -> None:
+        await ctl.set_registration(ACCOUNT, "QoS", url=moved.url, password="new")
+
+    listener.on_request, listener.statuses = move, [500]
+    entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
+    assert [a["url"] for a in entry["attempts"]] == [listener.url, moved.url]
+    assert (listener.bodies("password"), moved.bodies("password")) == (["old"], ["new"])
+    assert moved.bodies("callbackCount") == [2]
+
+
+async def test_a_deregistration_between_attempts_archives_without_a_request(
+    ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+
+    async def deregister() -> None:
+        await ctl.delete_registration(ACCOUNT, "QoS")
+
+    listener.on_request, listener.statuses = deregister, [500]
+    entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
+    assert entry["status"] == "archived"
+    assert "deregistered" in entry["reason"]
+    assert len(entry["attempts"]) == len(listener.received) == 1
+
+
+# --- triggers and history ----------------------------------------------------------------
+
+
+async def test_nothing_registered_means_404_and_no_request(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener
+) -> None:
+    status, body = await post_trigger(sim, {"account": ACCOUNT, "service": "QoS"})
+    assert status == 404
+    assert "nothing is registered for QoS of account 0000123456-00001" in body["error"]
+    await ctl.set_registration(ACCOUNT, "DeviceUsage", url=listener.url)
+    status, _ = await post_trigger(sim, {"account": ACCOUNT, "service": "QoS"})
+    assert status == 404
+    assert await ctl.request("GET", "deliveries") == []
+    assert listener.received == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"account": ACCOUNT, "service": "QoS", "url": "http://127.0.0.1:1/elsewhere"},
+        {"account": ACCOUNT},
+        {"account": ACCOUNT, "service": "QoS", "payload": [1]},
+        {"account": ACCOUNT, "service": "QoS", "deviceIds": [{"id": "1"}]},
+        [ACCOUNT, "QoS"],
+    ],
+)
+async def test_bad_triggers_are_refused(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener, body: Any
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    status, answer = await post_trigger(sim, body)
+    assert status == 400
+    assert answer["error"]
+    assert await ctl.request("GET", "deliveries") == []
+
+
+async def test_history_and_logs_never_carry_the_callback_credentials(
+    ctl: SimControl, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    await ctl.set_registration(
+        ACCOUNT, "QoS", url=listener.url, username="cb-user-4711", password="cb-pass-4711"
+    )
+    listener.statuses = [500]
+    first = await ctl.deliver(ACCOUNT, "QoS")
+    second = await ctl.deliver(ACCOUNT, "QoS", payload={"password": "cb-pass-4711"})
+    for accepted in (first, second):
+        await finished(ctl, accepted["id"])
+    assert listener.bodies("password") == ["cb-pass-4711"] * 3
+    history = json.dumps(
+        [
+            await ctl.request("GET", "deliveries"),
+            await ctl.request("GET", f"deliveries?account={ACCOUNT}&service=QoS"),
+            await ctl.delivery(first["id"]),
+        ]
+    )
+    for secret in ("cb-user-4711", "cb-pass-4711"):
+        assert secret not in history
+        assert secret not in caplog.text
+
+
+async def test_history_filters_forgets_and_resets(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener
+) -> None:
+    for service in ("QoS", "DeviceUsage"):
+        await ctl.set_registration(ACCOUNT, service, url=listener.url)
+    delivered = await ctl.deliver(ACCOUNT, "QoS")
+    await finished(ctl, delivered["id"])
+    await ctl.request("PUT", "config", {"delivery_retry_seconds": 300})
+    listener.statuses = [500]
+    pending = await ctl.deliver(ACCOUNT, "DeviceUsage")
+    await eventually(lambda: len(listener.received) == 2, what="first attempt")
+
+    only_qos = await ctl.request("GET", "deliveries?service=QoS")
+    assert [d["id"] for d in only_qos] == [delivered["id"]]
+    assert await ctl.request("GET", "deliveries?account=0000999999-00001") == []
+    await ctl.request("DELETE", "deliveries")  # forgets finished messages, keeps pending ones
+    [kept] = await ctl.request("GET", "deliveries")
+    assert (kept["id"], kept["status"]) == (pending["id"], "pending")
+    assert sim.deliveries.running == 1
+
+    await ctl.request("POST", "reset")  # cancels the pending retry
+    assert await ctl.request("GET", "deliveries") == []
+    await eventually(lambda: sim.deliveries.running == 0, what="retry cancelled")
+    async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/_sim/deliveries/1") as r:
+        assert r.status == 404
+
+
+async def test_stopping_the_simulator_cancels_pending_retries(listener: Listener) -> None:
+    async with SimulatorServer() as sim:
+        ctl = SimControl(sim.url)
+        await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+        listener.statuses = [500]
+        await ctl.deliver(ACCOUNT, "QoS")
+        await eventually(lambda: listener.received, what="first attempt")
+        assert sim.deliveries.running == 1
+    assert sim.deliveries.running == 0
+    assert len(listener.received) == 1
+
+
+# --- thingspace-sim send -----------------------------------------------------------------
+
+
+async def run_script(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def up(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/_sim/deliveries") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.mark.parametrize("serve", [[], ["serve"]], ids=["no-subcommand", "serve"])
+async def test_send_command_against_a_simulator_process(
+    listener: Listener, serve: list[str]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        *serve,
+        "--port",
+        str(port),
+        "--delivery-retry-seconds",
+        "0.05",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await eventually(lambda: up(url), timeout=20, what="thingspace-sim up")
+        await SimControl(url).set_registration(ACCOUNT, "QoS", url=listener.url, password="pw")
+        listener.statuses = [500]
+        code, out, err = await run_script(
+            "send", "--account", ACCOUNT, "--service", "QoS", "--sim-url", url, "--wait"
+        )
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)
+    assert code == 0, err
+    accepted, final = (json.loads(line) for line in out.splitlines())
+    assert set(accepted) == {"id", "requestId"}
+    assert (final["status"], len(final["attempts"])) == ("delivered", 2)
+    assert listener.bodies("requestId") == [accepted["requestId"]] * 2
+    assert listener.bodies("password") == ["pw", "pw"]
+
+
+async def test_send_command_payload_devices_and_failures(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener, tmp_path: Path
+) -> None:
+    await ctl.set_registration(ACCOUNT, "SMSDeliveryConfirmation", url=listener.url)
+    payload = tmp_path / "sms.json"
+    payload.write_text(json.dumps({"smsResponse": {"messageStatus": "Expired"}}))
+    base = ["send", "--account", ACCOUNT, "--sim-url", sim.url]
+    code, out, _ = await run_script(
+        *base,
+        "--service",
+        "SMSDeliveryConfirmation",
+        "--payload",
+        str(payload),
+        "--device",
+        "MDN:5551234567",
+    )
+    assert code == 0
+    accepted = json.loads(out)
+    await finished(ctl, accepted["id"])
+    body = listener.received[0].body
+    assert body["smsResponse"] == {"messageStatus": "Expired"}
+    assert body["deviceIds"] == [{"id": "5551234567", "kind": "MDN"}]
+
+    code, out, err = await run_script(*base, "--service", "QoS")
+    assert (code, out) == (1, "")
+    assert "404" in err
+    assert "nothing is registered for QoS" in err
+
+    listener.statuses = [500] * 4
+    code, out, _ = await run_script(*base, "--service", "SMSDeliveryConfirmation", "--wait")
+    assert code == 1
+    assert json.loads(out.splitlines()[-1])["status"] == "archived"
+    assert len(listener.received) == 5
