@@ -28,6 +28,7 @@ FREE_FORM = {
     "extraEnv",
     "serviceAccount.annotations",
     "metrics.serviceMonitor.labels",
+    "simulator.resources",
 }
 ENUMS = {
     "logging.level": ["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -41,7 +42,7 @@ POSITIVE = {
     "thingspace.retryBaseSeconds",
     "thingspace.retryMaxSeconds",
 }
-PORTS = {"metrics.port", "health.port"}
+PORTS = {"metrics.port", "health.port", "simulator.port"}
 
 
 def descriptions(text: str) -> dict[str, str]:

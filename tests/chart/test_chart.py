@@ -17,6 +17,8 @@ CHART = ROOT / "charts" / "thingspace-operator"
 HELM = os.environ.get("HELM") or str(ROOT / ".tools" / "helm")
 KUBERNETES_VERSION = "1.34.0"
 NAMESPACED = ["--set", "watchNamespaces={team-a,team-b}"]
+SIMULATOR = ["--set", "simulator.enabled=true"]
+SIMULATOR_NAME = "tso-thingspace-operator-simulator"
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +52,24 @@ def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize("options", [[], NAMESPACED], ids=["cluster-wide", "namespaced"])
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [doc for doc in by_kind(docs, kind) if doc["metadata"]["name"] == name]
+    return found
+
+
+def notes(*options: str) -> str:
+    """NOTES.txt as `helm install` prints it (helm template does not render it)."""
+    result = helm(
+        "install", "tso", str(CHART), "--namespace", "ops", "--dry-run=client", "-o", "json",
+        *options,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["info"]["notes"])
+
+
+@pytest.mark.parametrize(
+    "options", [[], NAMESPACED, SIMULATOR], ids=["cluster-wide", "namespaced", "simulator"]
+)
 def test_helm_lint_strict(options: list[str]) -> None:
     result = helm("lint", "--strict", str(CHART), *options)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -78,8 +97,9 @@ def test_helm_lint_strict(options: list[str]) -> None:
             "--set",
             "extraEnv[0].value=http://proxy:3128",
         ],
+        [*SIMULATOR, "--set", "simulator.accounts={0000123456-00001}"],
     ],
-    ids=["defaults", "namespaced", "minimal", "single", "three", "options"],
+    ids=["defaults", "namespaced", "minimal", "single", "three", "options", "simulator"],
 )
 def test_rendered_manifests_are_valid_kubernetes(options: list[str], tmp_path: Path) -> None:
     docs = render(*options)
@@ -422,3 +442,141 @@ def test_without_namespaced_secrets_only_the_own_namespace_has_secret_access(
         for e in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["THINGSPACE_NAMESPACED_SECRETS"] == "false"
+
+
+# --- the simulator (simulator.enabled, staging only) -------------------------------------
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    operator = named(docs, "Deployment", "tso-thingspace-operator")
+    return {
+        item["name"]: item.get("value")
+        for item in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_by_default_there_is_no_simulator() -> None:
+    docs = render()
+    assert [doc for doc in docs if "simulator" in doc["metadata"]["name"]] == []
+    assert by_kind(docs, "Secret") == []
+    assert "SIMULATOR" not in notes()
+
+
+def test_the_operator_talks_to_the_simulator_service() -> None:
+    docs = render(*SIMULATOR, "--set", "thingspace.apiUrl=https://elsewhere.example")
+    assert operator_env(docs)["THINGSPACE_API_URL"] == f"http://{SIMULATOR_NAME}.ops.svc:8088"
+    service = named(docs, "Service", SIMULATOR_NAME)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"}
+    ]
+    simulator = named(docs, "Deployment", SIMULATOR_NAME)
+    pod_labels = simulator["spec"]["template"]["metadata"]["labels"]
+    assert selects(service["spec"]["selector"], pod_labels)
+    assert selects(simulator["spec"]["selector"]["matchLabels"], pod_labels)
+    moved = render(*SIMULATOR, "--set", "simulator.port=9100")
+    assert operator_env(moved)["THINGSPACE_API_URL"] == f"http://{SIMULATOR_NAME}.ops.svc:9100"
+    assert named(moved, "Service", SIMULATOR_NAME)["spec"]["ports"][0]["port"] == 9100
+
+
+def test_no_selector_of_the_operator_selects_the_simulator() -> None:
+    docs = render(*SIMULATOR, "--set", "metrics.serviceMonitor.enabled=true")
+    operator = named(docs, "Deployment", "tso-thingspace-operator")
+    simulator = named(docs, "Deployment", SIMULATOR_NAME)
+    operator_pod = operator["spec"]["template"]["metadata"]["labels"]
+    simulator_pod = simulator["spec"]["template"]["metadata"]["labels"]
+    assert simulator_pod["app.kubernetes.io/component"] == "simulator"
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    metrics = named(docs, "Service", "tso-thingspace-operator-metrics")
+    for selector in (
+        operator["spec"]["selector"]["matchLabels"],
+        budget["spec"]["selector"]["matchLabels"],
+        metrics["spec"]["selector"],
+    ):
+        assert selects(selector, operator_pod)
+        assert not selects(selector, simulator_pod)
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    monitored = monitor["spec"]["selector"]["matchLabels"]
+    assert selects(monitored, metrics["metadata"]["labels"])
+    assert not selects(monitored, named(docs, "Service", SIMULATOR_NAME)["metadata"]["labels"])
+    # Nor the other way round.
+    assert not selects(simulator["spec"]["selector"]["matchLabels"], operator_pod)
+
+
+def test_the_simulator_is_as_hardened_as_the_operator() -> None:
+    docs = render(*SIMULATOR)
+    operator = named(docs, "Deployment", "tso-thingspace-operator")["spec"]["template"]["spec"]
+    spec = named(docs, "Deployment", SIMULATOR_NAME)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"] == operator["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["securityContext"] == operator["containers"][0]["securityContext"]
+    assert container["image"] == operator["containers"][0]["image"]
+    assert container["command"] == ["thingspace-sim"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/_sim/registrations", "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8088, "protocol": "TCP"}]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["resources"]["limits"]
+    elsewhere = render(
+        *SIMULATOR,
+        "--set", "simulator.image.repository=example.com/sim",
+        "--set", "simulator.image.tag=v2",
+    )  # fmt: skip
+    pod = named(elsewhere, "Deployment", SIMULATOR_NAME)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "example.com/sim:v2"
+
+
+def test_simulator_credentials_stay_out_of_the_deployments() -> None:
+    docs = render(
+        *SIMULATOR,
+        "--set", "simulator.apps={key-1:app-secret-1,key-2:app-secret-2}",
+        "--set", "simulator.users={alice:user-password-1}",
+        "--set", "simulator.accounts={0000123456-00001}",
+        "--set", "simulator.deliveryRetrySeconds=5",
+    )  # fmt: skip
+    dumped = yaml.safe_dump(by_kind(docs, "Deployment"))
+    for clear in ("app-secret-1", "app-secret-2", "user-password-1"):
+        assert clear not in dumped
+    simulator = named(docs, "Deployment", SIMULATOR_NAME)
+    (container,) = simulator["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [
+        "--host", "0.0.0.0", "--port", "8088",
+        "--app", "$(SIM_APP_0)", "--app", "$(SIM_APP_1)",
+        "--user", "$(SIM_USER_0)",
+        "--account", "0000123456-00001",
+        "--delivery-retry-seconds", "5",
+    ]  # fmt: skip
+    # The kubelet expands each $(VAR) from the chart's Secret.
+    assert container["envFrom"] == [{"secretRef": {"name": SIMULATOR_NAME}}]
+    secret = named(docs, "Secret", SIMULATOR_NAME)
+    assert secret["stringData"] == {
+        "SIM_APP_0": "key-1:app-secret-1",
+        "SIM_APP_1": "key-2:app-secret-2",
+        "SIM_USER_0": "alice:user-password-1",
+    }
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "simulator"
+
+
+def test_simulator_credentials_must_have_a_colon() -> None:
+    refused = helm("template", "tso", str(CHART), *SIMULATOR, "--set", "simulator.users={alice}")
+    assert refused.returncode != 0
+    assert "NAME:PASSWORD" in refused.stderr
+
+
+def test_notes_open_with_the_simulator_warning() -> None:
+    text = notes(*SIMULATOR)
+    assert text.lstrip("#\n ").startswith("WARNING: SIMULATOR MODE")
+    assert "NEVER USE IN PRODUCTION" in text
+    assert f"port-forward svc/{SIMULATOR_NAME} 8088" in text
+    assert "thingspace-sim send --sim-url http://127.0.0.1:8088 --account" in text
+    assert "/_sim/deliveries" in text
+    assert f"talks to http://{SIMULATOR_NAME}.ops.svc:8088" in text
+    assert "demo-app-secret" not in text
+    assert "demo-password" not in text

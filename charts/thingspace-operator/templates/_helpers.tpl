@@ -21,10 +21,41 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "thingspace-operator.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "thingspace-operator.selectorLabels" . }}
+{{ include "thingspace-operator.chartLabels" . }}
+{{- end -}}
+
+{{- define "thingspace-operator.chartLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* The simulator (simulator.enabled): its own name, so no selector of the operator's
+(Deployment, PodDisruptionBudget, metrics Service, ServiceMonitor) matches its pods. */}}
+{{- define "thingspace-operator.simulatorFullname" -}}
+{{- printf "%s-simulator" (include "thingspace-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "thingspace-operator.simulatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-simulator" (include "thingspace-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: simulator
+{{- end -}}
+
+{{- define "thingspace-operator.simulatorLabels" -}}
+{{ include "thingspace-operator.simulatorSelectorLabels" . }}
+app.kubernetes.io/part-of: {{ include "thingspace-operator.name" . }}
+{{ include "thingspace-operator.chartLabels" . }}
+{{- end -}}
+
+{{/* The ThingSpace API the operator talks to: the simulator's Service when it is enabled. */}}
+{{- define "thingspace-operator.apiUrl" -}}
+{{- if .Values.simulator.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "thingspace-operator.simulatorFullname" .) .Release.Namespace (int .Values.simulator.port) -}}
+{{- else -}}
+{{- .Values.thingspace.apiUrl -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "thingspace-operator.serviceAccountName" -}}
