@@ -9,6 +9,7 @@ from .model import InvalidSpec
 from .thingspace.services import ACCOUNT_NAME_MAX_LENGTH, ACCOUNT_NAME_RE
 
 ACCOUNT_PLURAL = "thingspaceaccounts"
+ACCOUNT_KIND = "ThingSpaceAccount"
 
 
 class CallbackPolicy(enum.StrEnum):

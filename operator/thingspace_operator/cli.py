@@ -11,6 +11,7 @@ import kubernetes
 
 from . import runner
 from .config import OperatorConfig
+from .gitops.commands import add_commands, dispatch
 
 
 def operator_main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the operator")
+    add_commands(commands)
     scope = run.add_mutually_exclusive_group()
     scope.add_argument(
         "--namespace",
@@ -76,6 +78,8 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
         "--log-format", choices=["text", "json"], help="log line format [THINGSPACE_LOG_FORMAT]"
     )
     args = parser.parse_args(argv)
+    if args.command != "run":
+        return dispatch(args)
     try:
         config = OperatorConfig.from_env(
             api_url=args.api_url,

@@ -1,0 +1,1 @@
+"""Command-line tools for GitOps: export live registrations, diff manifests, show status."""

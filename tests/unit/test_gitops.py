@@ -1,0 +1,163 @@
+"""The pure parts of export, diff and status: names, planning rows, masking, grouping."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from thingspace_operator.gitops import diff, export, status
+from thingspace_operator.gitops.manifests import Manifest, ManifestError, load
+from thingspace_operator.model import CallbackSpec
+from thingspace_operator.thingspace.errors import Unavailable
+from thingspace_operator.thingspace.models import Callback
+
+ACCOUNT = "0000123456-00001"
+
+
+def test_resource_names_are_stable_dns_names() -> None:
+    callback = Callback(ACCOUNT, "SMSDeliveryConfirmation", "https://x.example.com")
+    assert export.resource_name(callback) == "smsdeliveryconfirmation-0000123456-00001"
+    assert export.resource_name(Callback("TestAccount_2", "QoS", "u")) == "qos-testaccount-2"
+
+
+def test_export_sorts_and_uses_account_refs() -> None:
+    callbacks = [
+        Callback(ACCOUNT, "QoS", "https://b"),
+        Callback(ACCOUNT, "DeviceUsage", "https://a"),
+    ]
+    options = export.ExportOptions(account_refs={ACCOUNT: "fleet"})
+    exported = export.export(callbacks, options)
+    assert [e.file_name for e in exported] == [
+        "deviceusage-0000123456-00001.thingspacecallback.yaml",
+        "qos-0000123456-00001.thingspacecallback.yaml",
+    ]
+    assert exported[0].manifest["spec"] == {
+        "accountRef": {"name": "fleet"},
+        "serviceName": "DeviceUsage",
+        "url": "https://a",
+    }
+
+
+def test_load_reads_lists_and_directories_and_ignores_other_kinds(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.yaml").write_text(
+        yaml.safe_dump_all(
+            [
+                {"kind": "ConfigMap", "metadata": {"name": "x"}},
+                {
+                    "kind": "List",
+                    "items": [{"kind": "ThingSpaceCallback", "metadata": {"name": "c"}}],
+                },
+            ]
+        )
+    )
+    (tmp_path / "README.md").write_text("not a manifest: {")
+    found = load([tmp_path])
+    assert [m.name for m in found.callbacks] == ["c"]
+    (tmp_path / "broken.yaml").write_text("a: [")
+    with pytest.raises(ManifestError, match=r"broken\.yaml"):
+        load([tmp_path])
+
+
+def resolution(*declared: tuple[str, str, Any]) -> diff.Resolution:
+    found = diff.Resolution(accounts={ACCOUNT})
+    for name, service, credentials in declared:
+        spec = CallbackSpec.parse(
+            {
+                "accountName": ACCOUNT,
+                "credentialsSecretRef": {"name": "c"},
+                "serviceName": service,
+                "url": "https://new.example.com",
+            }
+        )
+        found.declared.append(
+            diff.Declared(Manifest("f.yaml", {}), f"team/{name}", spec, ACCOUNT, credentials)
+        )
+    return found
+
+
+def test_changed_credentials_are_masked_and_unknown_ones_are_not_compared() -> None:
+    live = {ACCOUNT: [Callback(ACCOUNT, "QoS", "https://new.example.com", "old-user", "old-pass")]}
+    rows = diff.plan(resolution(("qos", "QoS", ("new-user", "new-pass"))), live)
+    assert [r.step for r in rows] == [diff.Step.REREGISTER]
+    assert rows[0].changes == (
+        diff.Change("username", "*****", "*****"),
+        diff.Change("password", "*****", "*****"),
+    )
+    output = diff.as_table(rows) + diff.as_json(rows)
+    assert not any(secret in output for secret in ("old-user", "old-pass", "new-user", "new-pass"))
+    unknown = diff.plan(resolution(("qos", "QoS", None)), live)
+    assert unknown[0].step is diff.Step.ADOPT
+    assert "not compared" in unknown[0].detail
+
+
+def test_every_claimant_of_a_registration_reports_the_conflict() -> None:
+    rows = diff.plan(resolution(("a", "QoS", ("", "")), ("b", "QoS", ("", ""))), {ACCOUNT: []})
+    assert [(r.resource, r.step) for r in rows] == [
+        ("team/a", diff.Step.CONFLICT),
+        ("team/b", diff.Step.CONFLICT),
+    ]
+    assert diff.exit_code(rows) == 2
+
+
+def test_a_failed_list_is_an_error_for_each_claimant_and_exit_1() -> None:
+    rows = diff.plan(resolution(("a", "QoS", ("", ""))), {ACCOUNT: Unavailable("HTTP 503")})
+    assert [r.step for r in rows] == [diff.Step.ERROR]
+    assert "HTTP 503" in rows[0].detail
+    assert diff.exit_code(rows) == 1
+
+
+def test_undeclared_registrations_are_kept_unless_pruning() -> None:
+    live = {ACCOUNT: [Callback(ACCOUNT, "DeviceUsage", "https://u:p@old.example.com")]}
+    kept = diff.plan(resolution(), live)
+    assert [r.step for r in kept] == [diff.Step.KEEP]
+    assert diff.exit_code(kept) == 0
+    pruned = diff.plan(resolution(), live, prune=True)
+    assert [r.step for r in pruned] == [diff.Step.DEREGISTER]
+    assert pruned[0].changes == (diff.Change("url", "https://old.example.com", "(unset)"),)
+    assert diff.exit_code(pruned) == 2
+
+
+def test_json_output_summarises_steps() -> None:
+    rows = diff.plan(resolution(("a", "QoS", ("", ""))), {ACCOUNT: []})
+    document = json.loads(diff.as_json(rows))
+    assert document["changes"] is True
+    assert document["summary"] == {"register": 1}
+
+
+def test_status_groups_callbacks_by_account_with_unmanaged_registrations() -> None:
+    ready = {"conditions": [{"type": "Ready", "status": "True", "reason": "Registered"}]}
+    callbacks = [
+        {
+            "metadata": {"name": "qos", "namespace": "team"},
+            "spec": {"accountRef": {"name": "fleet"}, "serviceName": "QoS", "url": "https://q"},
+            "status": ready,
+        },
+        {
+            "metadata": {"name": "lost", "namespace": "team"},
+            "spec": {"accountRef": {"name": "gone"}, "serviceName": "QoS", "url": "https://q"},
+        },
+    ]
+    accounts = [
+        {
+            "metadata": {"name": "fleet"},
+            "spec": {"accountName": ACCOUNT},
+            "status": {
+                **ready,
+                "registrations": [
+                    {"serviceName": "QoS", "url": "https://q", "managedBy": "team/qos"},
+                    {"serviceName": "DeviceUsage", "url": "https://d", "managedBy": ""},
+                ],
+            },
+        }
+    ]
+    groups = status.group(callbacks, accounts)
+    assert [g.account for g in groups] == [ACCOUNT, "(ThingSpaceAccount gone, not found)"]
+    assert groups[0].unmanaged == [{"serviceName": "DeviceUsage", "url": "https://d"}]
+    assert [(c.resource, c.ready) for c in groups[0].callbacks] == [("team/qos", "True")]
+    assert groups[1].callbacks[0].ready == "Unknown"
+    text = status.as_text(groups)
+    assert "(unmanaged)" in text
+    assert f"ACCOUNT {ACCOUNT}  (ThingSpaceAccount fleet: Ready=True Registered)" in text
