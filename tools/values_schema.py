@@ -29,6 +29,7 @@ FREE_FORM = {
     "serviceAccount.annotations",
     "metrics.serviceMonitor.labels",
     "simulator.resources",
+    "simulator.networkPolicy.from",
 }
 ENUMS = {
     "logging.level": ["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -42,7 +43,8 @@ POSITIVE = {
     "thingspace.retryBaseSeconds",
     "thingspace.retryMaxSeconds",
 }
-PORTS = {"metrics.port", "health.port", "simulator.port"}
+#: Ports and their lowest allowed number: a non-root container cannot bind one below 1024.
+PORTS = {"metrics.port": 1, "health.port": 1, "simulator.port": 1024}
 
 
 def descriptions(text: str) -> dict[str, str]:
@@ -77,7 +79,7 @@ def schema_for(value: Any, path: str, notes: dict[str, str]) -> dict[str, Any]:
         node = {"type": "boolean"}
     elif isinstance(value, int):
         node = (
-            {"type": "integer", "minimum": 1, "maximum": 65535}
+            {"type": "integer", "minimum": PORTS[path], "maximum": 65535}
             if path in PORTS
             else {"type": "integer", "minimum": 1}
         )

@@ -29,10 +29,10 @@ from .reconciler import (
     Sighting,
     account_view,
     deregister,
-    display_url,
     failure_outcome,
 )
 from .thingspace.accounts import Observation
+from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
 AUTHORITATIVE = CallbackPolicy.AUTHORITATIVE

@@ -11,11 +11,11 @@ import kubernetes
 
 from . import runner
 from .config import OperatorConfig
-from .gitops.commands import add_commands, dispatch
+from .gitops.commands import Parser, add_commands, dispatch
 
 
 def operator_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="thingspace-operator",
         description="Keep Verizon ThingSpace callback registrations equal to "
         "ThingSpaceCallback resources.",

@@ -32,7 +32,8 @@ from .kube.status import (
 from .metrics import ResourceState
 from .model import FINALIZER, GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
 from .plan import Ownership
-from .reconciler import READY, Outcome, Runtime, Trigger, display_url
+from .reconciler import READY, Outcome, Runtime, Trigger
+from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
 # kopf's own bookkeeping; kept apart from thingspace.io/ so user annotations there count.

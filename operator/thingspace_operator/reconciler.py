@@ -12,7 +12,6 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import kopf
 from kubernetes.client import ApiClient
@@ -39,7 +38,7 @@ from .thingspace.errors import (
     ThingSpaceError,
     Unavailable,
 )
-from .thingspace.models import Callback
+from .thingspace.models import Callback, display_url
 
 READY, SYNCED = "Ready", "Synced"
 IN_SYNC_MESSAGE = "The live registration in ThingSpace matches the spec"
@@ -489,14 +488,6 @@ async def deregister(view: AccountView, service: str) -> None:
 
 
 # --- outcomes --------------------------------------------------------------------------
-
-
-def display_url(url: str) -> str:
-    """The URL without any user:password part, fit for status, Events and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _where(callback: Callback) -> str:

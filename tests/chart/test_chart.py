@@ -19,6 +19,13 @@ KUBERNETES_VERSION = "1.34.0"
 NAMESPACED = ["--set", "watchNamespaces={team-a,team-b}"]
 SIMULATOR = ["--set", "simulator.enabled=true"]
 SIMULATOR_NAME = "tso-thingspace-operator-simulator"
+NETWORK_POLICY = [*SIMULATOR, "--set", "simulator.networkPolicy.enabled=true"]
+MONITORING_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+WITH_PEER = [
+    *NETWORK_POLICY,
+    "--set-json",
+    f"simulator.networkPolicy.from=[{json.dumps(MONITORING_PEER)}]",
+]
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -68,7 +75,9 @@ def notes(*options: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "options", [[], NAMESPACED, SIMULATOR], ids=["cluster-wide", "namespaced", "simulator"]
+    "options",
+    [[], NAMESPACED, SIMULATOR, NETWORK_POLICY],
+    ids=["cluster-wide", "namespaced", "simulator", "simulator-network-policy"],
 )
 def test_helm_lint_strict(options: list[str]) -> None:
     result = helm("lint", "--strict", str(CHART), *options)
@@ -98,8 +107,9 @@ def test_helm_lint_strict(options: list[str]) -> None:
             "extraEnv[0].value=http://proxy:3128",
         ],
         [*SIMULATOR, "--set", "simulator.accounts={0000123456-00001}"],
+        WITH_PEER,
     ],
-    ids=["defaults", "namespaced", "minimal", "single", "three", "options", "simulator"],
+    ids=["defaults", "namespaced", "minimal", "single", "three", "options", "simulator", "netpol"],
 )
 def test_rendered_manifests_are_valid_kubernetes(options: list[str], tmp_path: Path) -> None:
     docs = render(*options)
@@ -533,7 +543,7 @@ def test_the_simulator_is_as_hardened_as_the_operator() -> None:
     assert pod["containers"][0]["image"] == "example.com/sim:v2"
 
 
-def test_simulator_credentials_stay_out_of_the_deployments() -> None:
+def test_simulator_credentials_stay_out_of_the_deployments_and_argv() -> None:
     docs = render(
         *SIMULATOR,
         "--set", "simulator.apps={key-1:app-secret-1,key-2:app-secret-2}",
@@ -546,28 +556,66 @@ def test_simulator_credentials_stay_out_of_the_deployments() -> None:
         assert clear not in dumped
     simulator = named(docs, "Deployment", SIMULATOR_NAME)
     (container,) = simulator["spec"]["template"]["spec"]["containers"]
+    # Nothing in argv (/proc/*/cmdline, ps): no credential, not even a $(VAR) to expand.
     assert container["args"] == [
         "--host", "0.0.0.0", "--port", "8088",
-        "--app", "$(SIM_APP_0)", "--app", "$(SIM_APP_1)",
-        "--user", "$(SIM_USER_0)",
         "--account", "0000123456-00001",
         "--delivery-retry-seconds", "5",
     ]  # fmt: skip
-    # The kubelet expands each $(VAR) from the chart's Secret.
+    assert "$(" not in json.dumps(container["args"])
+    # thingspace-sim reads THINGSPACE_SIM_APPS and THINGSPACE_SIM_USERS from the Secret.
     assert container["envFrom"] == [{"secretRef": {"name": SIMULATOR_NAME}}]
+    assert "env" not in container
     secret = named(docs, "Secret", SIMULATOR_NAME)
     assert secret["stringData"] == {
-        "SIM_APP_0": "key-1:app-secret-1",
-        "SIM_APP_1": "key-2:app-secret-2",
-        "SIM_USER_0": "alice:user-password-1",
+        "THINGSPACE_SIM_APPS": "key-1:app-secret-1,key-2:app-secret-2",
+        "THINGSPACE_SIM_USERS": "alice:user-password-1",
     }
     assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "simulator"
+    no_users = render(*SIMULATOR, "--set-json", "simulator.users=[]")
+    assert named(no_users, "Secret", SIMULATOR_NAME)["stringData"] == {
+        "THINGSPACE_SIM_APPS": "demo-app-key:demo-app-secret"
+    }
 
 
-def test_simulator_credentials_must_have_a_colon() -> None:
-    refused = helm("template", "tso", str(CHART), *SIMULATOR, "--set", "simulator.users={alice}")
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("simulator.users={alice}", "NAME:PASSWORD"),
+        ("simulator.apps={key:sec\\,ret}", "comma"),
+    ],
+)
+def test_simulator_credentials_must_have_a_colon_and_no_comma(value: str, problem: str) -> None:
+    refused = helm("template", "tso", str(CHART), *SIMULATOR, "--set", value)
     assert refused.returncode != 0
-    assert "NAME:PASSWORD" in refused.stderr
+    assert problem in refused.stderr
+
+
+def test_simulator_port_must_be_unprivileged() -> None:
+    """The simulator runs as non-root: it cannot bind a port below 1024."""
+    refused = helm("template", "tso", str(CHART), *SIMULATOR, "--set", "simulator.port=80")
+    assert refused.returncode != 0
+    assert "simulator.port" in refused.stderr or "/simulator/port" in refused.stderr
+    render(*SIMULATOR, "--set", "simulator.port=1024")
+
+
+def test_simulator_network_policy_is_optional_and_admits_only_the_operator() -> None:
+    assert by_kind(render(*SIMULATOR), "NetworkPolicy") == []
+    docs = render(*NETWORK_POLICY, "--set", "simulator.port=9100")
+    policy = named(docs, "NetworkPolicy", SIMULATOR_NAME)
+    spec = policy["spec"]
+    simulator = named(docs, "Deployment", SIMULATOR_NAME)["spec"]["template"]["metadata"]
+    operator = named(docs, "Deployment", "tso-thingspace-operator")["spec"]["template"]
+    assert selects(spec["podSelector"]["matchLabels"], simulator["labels"])
+    assert not selects(spec["podSelector"]["matchLabels"], operator["metadata"]["labels"])
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert selects(peer["podSelector"]["matchLabels"], operator["metadata"]["labels"])
+    assert not selects(peer["podSelector"]["matchLabels"], simulator["labels"])
+    assert rule["ports"] == [{"port": 9100, "protocol": "TCP"}]
+    (rule,) = named(render(*WITH_PEER), "NetworkPolicy", SIMULATOR_NAME)["spec"]["ingress"]
+    assert rule["from"][1:] == [MONITORING_PEER]
 
 
 def test_notes_open_with_the_simulator_warning() -> None:
@@ -580,3 +628,8 @@ def test_notes_open_with_the_simulator_warning() -> None:
     assert f"talks to http://{SIMULATOR_NAME}.ops.svc:8088" in text
     assert "demo-app-secret" not in text
     assert "demo-password" not in text
+    # /_sim/registrations answers callback passwords: the notes point elsewhere.
+    assert "/_sim/registrations" not in text
+    assert "is unauthenticated: any pod that can" in text
+    assert "simulator.networkPolicy.enabled=true" in text
+    assert "simulator.networkPolicy.enabled=true" not in notes(*NETWORK_POLICY)

@@ -134,10 +134,10 @@ async def test_export_writes_one_stable_file_per_resource_with_placeholder_crede
     }
     secret_file = out / "carrierservice-0000123456-00001-callback-credentials.secret.yaml"
     secret = yaml.safe_load(secret_file.read_text())
-    assert secret["stringData"] == {"username": "REPLACE-ME", "password": "REPLACE-ME"}
+    assert secret["stringData"] == {"username": "", "password": ""}
     assert secret["metadata"]["labels"] == {"thingspace.io/credentials": "true"}
-    assert secret_file.read_text().startswith("# Placeholder values")
-    assert "placeholder" in done.err
+    assert secret_file.read_text().startswith("# Fill in the listener's callback credentials")
+    assert "empty callback credentials to fill in" in done.err
     everything = done.out + done.err + "".join(p.read_text() for p in out.iterdir())
     assert all(secret not in everything for secret in NEVER_PRINTED)
     assert await writes(control) == 0
@@ -165,21 +165,34 @@ async def test_export_then_diff_finds_nothing_to_change_and_never_writes(
     assert "do not commit it unencrypted" in exported.err
     done = await tool(sim.url, "diff", "-f", str(out), "-o", "json")
     assert done.code == 0, done.out + done.err
-    assert set(done.steps().values()) == {"adopt"}
+    assert set(done.steps().values()) == {"in-sync"}
     assert await writes(control) == 0
     lists = (await control.counts()).get(("list", 200))
     assert lists == 2  # one per command, one account
 
 
-async def test_export_of_placeholders_shows_as_a_credentials_change(
+async def test_an_unfilled_export_is_refused_by_diff_as_the_operator_would(
     sim: Any, control: SimControl, tmp_path: Path
 ) -> None:
     out = tmp_path / "adopted"
     assert (await tool(sim.url, "export", "--account", ACCOUNT, "--output-dir", str(out))).code == 0
     done = await tool(sim.url, "plan", "-f", str(out))
-    assert done.code == 2
-    assert "callback credentials differ" in done.out
-    assert "password: ***** -> *****" in done.out
+    assert done.code == 1
+    assert "has empty key(s) username, password" in done.out
+    assert "no write" in done.out
+
+
+async def test_exported_live_passwords_are_readable_by_their_owner_only(
+    sim: Any, control: SimControl, tmp_path: Path
+) -> None:
+    out = tmp_path / "adopted"
+    done = await tool(
+        sim.url, "export", "--account", ACCOUNT, "--include-credentials", "--output-dir", str(out)
+    )
+    assert done.code == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["carrierservice-0000123456-00001-callback-credentials.secret.yaml"] == 0o600
+    assert modes["qos-0000123456-00001.thingspacecallback.yaml"] == 0o644
 
 
 async def test_export_needs_an_account_and_credentials(sim: Any, control: SimControl) -> None:
@@ -210,14 +223,14 @@ CARRIER = callback(
             [QOS, CARRIER, CARRIER_SECRET],
             [],
             0,
-            {"QoS": "adopt", "CarrierService": "adopt"},
+            {"QoS": "in-sync", "CarrierService": "in-sync"},
             id="unchanged",
         ),
         pytest.param(
             [QOS, callback("usage", "DeviceUsage", "https://listener.example.com/usage")],
             [],
             2,
-            {"QoS": "adopt", "DeviceUsage": "register", "CarrierService": "keep"},
+            {"QoS": "in-sync", "DeviceUsage": "register", "CarrierService": "keep"},
             id="new",
         ),
         pytest.param(
@@ -242,7 +255,7 @@ CARRIER = callback(
             id="conflict",
         ),
         pytest.param(
-            [QOS], ["--prune"], 2, {"QoS": "adopt", "CarrierService": "deregister"}, id="prune"
+            [QOS], ["--prune"], 2, {"QoS": "in-sync", "CarrierService": "deregister"}, id="prune"
         ),
         pytest.param(
             [
@@ -253,7 +266,7 @@ CARRIER = callback(
             ],
             [],
             0,
-            {"QoS": "adopt", "CarrierService": "skip"},
+            {"QoS": "in-sync", "CarrierService": "skip"},
             id="suspended",
         ),
         pytest.param(
@@ -332,6 +345,7 @@ async def test_diff_of_an_authoritative_account_prunes_and_resolves_account_refs
             "accountName": ACCOUNT,
             "credentialsSecretRef": {"name": "platform-credentials"},
             "callbackPolicy": "Authoritative",
+            "namespaces": ["team"],
         },
     }
     by_ref = callback("qos", "QoS", "https://listener.example.com/qos")
@@ -342,7 +356,7 @@ async def test_diff_of_an_authoritative_account_prunes_and_resolves_account_refs
     path = write(tmp_path / "m.yaml", account, by_ref)
     done = await tool(sim.url, "diff", "-f", str(path), "-o", "json")
     assert done.code == 2
-    assert done.steps() == {(ACCOUNT, "QoS"): "adopt", (ACCOUNT, "CarrierService"): "deregister"}
+    assert done.steps() == {(ACCOUNT, "QoS"): "in-sync", (ACCOUNT, "CarrierService"): "deregister"}
 
 
 async def test_diff_reads_credentials_from_secret_manifests_in_the_files(
@@ -355,9 +369,14 @@ async def test_diff_reads_credentials_from_secret_manifests_in_the_files(
         "stringData": DEMO_CREDENTIALS,
     }
     path = write(tmp_path / "m.yaml", QOS, app_secret)
-    done = await tool(sim.url, "diff", "-f", str(path), credentials=False)
+    opted_out = await tool(sim.url, "diff", "-f", str(path), credentials=False)
+    assert opted_out.code == 1  # never a login with manifests' credentials unless asked
+    assert "no credentials for account" in opted_out.out
+    done = await tool(
+        sim.url, "diff", "-f", str(path), "--credentials-from-manifests", credentials=False
+    )
     assert done.code == 0, done.out + done.err
-    assert "adopt" in done.out
+    assert "in-sync" in done.out
 
 
 @pytest.mark.parametrize(
@@ -425,3 +444,58 @@ async def test_diff_without_credentials_or_with_rejected_ones_is_an_error(
     assert "wrong-password" not in rejected.out + rejected.err
     logins = await control.request("GET", "logins")
     assert logins["failed"] == {"demo-user": 1}  # one login per credential set, never retried
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["diff"], id="no-filename"),
+        pytest.param(["diff", "-f", "x.yaml", "-o", "yaml"], id="bad-output"),
+        pytest.param(["diff", "-f", "x.yaml", "--timeout", "0"], id="bad-timeout"),
+        pytest.param(["export", "--no-such-flag"], id="unknown-flag"),
+    ],
+)
+async def test_usage_errors_exit_1_never_2(sim: Any, args: list[str]) -> None:
+    done = await tool(sim.url, *args)
+    assert done.code == 1
+    assert "error:" in done.err
+
+
+async def test_diff_of_nothing_is_an_error(sim: Any, control: SimControl, tmp_path: Path) -> None:
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"kind": "ConfigMap"}))
+    done = await tool(sim.url, "diff", "-f", str(tmp_path))
+    assert done.code == 1
+    assert "no ThingSpaceCallback or ThingSpaceAccount" in done.err
+
+
+async def test_diff_checks_the_accounts_namespaces_as_the_operator_does(
+    sim: Any, control: SimControl, tmp_path: Path
+) -> None:
+    account = {
+        "apiVersion": "thingspace.io/v1alpha1",
+        "kind": "ThingSpaceAccount",
+        "metadata": {"name": "fleet"},
+        "spec": {
+            "accountName": ACCOUNT,
+            "credentialsSecretRef": {"name": "platform-credentials"},
+            "namespaces": ["other-team"],
+        },
+    }
+    by_ref = callback("qos", "QoS", "https://listener.example.com/qos")
+    del by_ref["spec"]["accountName"], by_ref["spec"]["credentialsSecretRef"]
+    by_ref["spec"]["accountRef"] = {"name": "fleet"}
+    done = await tool(sim.url, "diff", "-f", str(write(tmp_path / "m.yaml", account, by_ref)))
+    assert done.code == 1
+    assert "does not allow namespace team" in done.out
+
+
+async def test_a_malformed_secret_manifest_is_an_error_not_a_traceback(
+    sim: Any, control: SimControl, tmp_path: Path
+) -> None:
+    secret = callback_secret("carrier-callback", "listener", "x")
+    secret["data"] = {"password": "ENC[AES256_GCM,data:...]"}  # a SOPS-encrypted value
+    path = write(tmp_path / "m.yaml", CARRIER, secret)
+    done = await tool(sim.url, "diff", "-f", str(path))
+    assert done.code == 1
+    assert "Traceback" not in done.err
+    assert "not valid base64" in done.err

@@ -317,6 +317,35 @@ async def test_bad_triggers_are_refused(
     assert await ctl.request("GET", "deliveries") == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("payload", []),
+        ("payload", 0),
+        ("payload", ""),
+        ("payload", None),
+        ("payload", "{}"),
+        ("deviceIds", []),
+        ("deviceIds", 0),
+        ("deviceIds", ""),
+        ("deviceIds", None),
+        ("deviceIds", {"id": "1", "kind": "IMEI"}),
+        ("deviceIds", ["1"]),
+        ("deviceIds", [{"id": "1", "kind": 7}]),
+        ("deviceIds", [{"id": "", "kind": "IMEI"}]),
+        ("deviceIds", [{"id": "1", "kind": "IMEI", "extra": "x"}]),
+    ],
+)
+async def test_payload_and_device_ids_of_a_wrong_type_are_a_clear_400(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener, field: str, value: Any
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    status, answer = await post_trigger(sim, {"account": ACCOUNT, "service": "QoS", field: value})
+    assert status == 400
+    assert answer["error"].startswith(f"{field} must be")
+    assert await ctl.request("GET", "deliveries") == []
+
+
 async def test_history_and_logs_never_carry_the_callback_credentials(
     ctl: SimControl, listener: Listener, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -340,6 +369,27 @@ async def test_history_and_logs_never_carry_the_callback_credentials(
     for secret in ("cb-user-4711", "cb-pass-4711"):
         assert secret not in history
         assert secret not in caplog.text
+
+
+async def test_url_user_info_is_neither_sent_nor_kept(
+    ctl: SimControl, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ThingSpace echoes credentials only in the body: user-info in a registered URL must
+    not become an Authorization header, nor reach the history or the log."""
+    caplog.set_level("DEBUG")
+    with_user_info = listener.url.replace("http://", "http://bob:hunter2@")
+    await ctl.set_registration(ACCOUNT, "QoS", url=with_user_info, password="cb-pass")
+    listener.statuses = [500]
+    entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
+    assert entry["status"] == "delivered"
+    for received in listener.received:
+        assert "Authorization" not in received.headers
+    assert listener.bodies("password") == ["cb-pass"] * 2
+    assert [a["url"] for a in entry["attempts"]] == [listener.url] * 2
+    history = json.dumps(await ctl.request("GET", "deliveries"))
+    for leaked in ("hunter2", "bob"):
+        assert leaked not in history
+        assert leaked not in caplog.text
 
 
 async def test_history_filters_forgets_and_resets(

@@ -21,7 +21,7 @@ from thingspace_operator.kube.secrets import (
     callback_credentials_from,
     decode_secret_data,
 )
-from thingspace_operator.reconciler import display_url, failure_outcome
+from thingspace_operator.reconciler import failure_outcome
 from thingspace_operator.thingspace.errors import (
     AuthenticationFailed,
     RateLimited,
@@ -34,6 +34,7 @@ from thingspace_operator.thingspace.http import (
     classify_failure,
     parse_retry_after,
 )
+from thingspace_operator.thingspace.models import display_url
 
 FAULT_901 = {"fault": {"code": "900901", "message": "Invalid Credentials"}}
 THROTTLED = {"fault": {"code": "900800", "message": "Message throttled out"}}

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from thingspace_operator.gitops import diff, export, status
-from thingspace_operator.gitops.manifests import Manifest, ManifestError, load
+from thingspace_operator.gitops.manifests import Manifest, ManifestError, load, secret_values
 from thingspace_operator.model import CallbackSpec
 from thingspace_operator.thingspace.errors import Unavailable
 from thingspace_operator.thingspace.models import Callback
@@ -28,7 +28,8 @@ def test_export_sorts_and_uses_account_refs() -> None:
         Callback(ACCOUNT, "DeviceUsage", "https://a"),
     ]
     options = export.ExportOptions(account_refs={ACCOUNT: "fleet"})
-    exported = export.export(callbacks, options)
+    exported, skipped = export.export(callbacks, options)
+    assert skipped == []
     assert [e.file_name for e in exported] == [
         "deviceusage-0000123456-00001.thingspacecallback.yaml",
         "qos-0000123456-00001.thingspacecallback.yaml",
@@ -89,7 +90,7 @@ def test_changed_credentials_are_masked_and_unknown_ones_are_not_compared() -> N
     output = diff.as_table(rows) + diff.as_json(rows)
     assert not any(secret in output for secret in ("old-user", "old-pass", "new-user", "new-pass"))
     unknown = diff.plan(resolution(("qos", "QoS", None)), live)
-    assert unknown[0].step is diff.Step.ADOPT
+    assert unknown[0].step is diff.Step.IN_SYNC
     assert "not compared" in unknown[0].detail
 
 
@@ -161,3 +162,90 @@ def test_status_groups_callbacks_by_account_with_unmanaged_registrations() -> No
     text = status.as_text(groups)
     assert "(unmanaged)" in text
     assert f"ACCOUNT {ACCOUNT}  (ThingSpaceAccount fleet: Ready=True Registered)" in text
+    assert groups[0].accounts == [{"name": "fleet", "ready": "True", "reason": "Registered"}]
+
+
+def test_export_leaves_out_what_it_cannot_write_safely() -> None:
+    callbacks = [
+        Callback(ACCOUNT, "QoS", "https://bob:hunter2@listener.example.com"),
+        Callback(ACCOUNT, "NoSuchService", "https://listener.example.com"),
+    ]
+    exported, skipped = export.export(callbacks, export.ExportOptions())
+    assert exported == []
+    assert "not a service name" in skipped[0]  # NoSuchService sorts first
+    assert "URL carries credentials" in skipped[1]
+    assert "hunter2" not in " ".join(skipped)
+    included, _ = export.export(callbacks[:1], export.ExportOptions(include_credentials=True))
+    assert included[0].manifest["spec"]["url"] == callbacks[0].url
+
+
+def test_unknown_callback_credentials_over_none_live_are_a_change() -> None:
+    live = {ACCOUNT: [Callback(ACCOUNT, "QoS", "https://new.example.com")]}
+    rows = diff.plan(resolution(("qos", "QoS", None)), live)
+    assert [r.step for r in rows] == [diff.Step.REREGISTER]
+    assert diff.Change("password", "(unset)", "*****") in rows[0].changes
+    assert "\\0" not in diff.as_table(rows) + diff.as_json(rows)
+
+
+def test_invalid_manifests_still_hold_their_registration_against_pruning() -> None:
+    found = resolution()
+    found.errors.append(diff.Row(ACCOUNT, "QoS", diff.Step.ERROR, "bad spec", "team/q"))
+    live = {ACCOUNT: [Callback(ACCOUNT, "QoS", "https://q")]}
+    rows = diff.plan(found, live, prune=True)
+    assert [r.step for r in rows] == [diff.Step.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("documents", "message"),
+    [
+        ([{"kind": "List", "items": {"a": 1}}], "items are not a list"),
+        ([{"kind": "List", "items": ["x"]}], "not a mapping"),
+        ([{"kind": "ThingSpaceCallback", "metadata": ["x"]}], "metadata is not a mapping"),
+        (["just a string"], "not a mapping"),
+    ],
+)
+def test_malformed_documents_are_errors_naming_the_file(
+    tmp_path: Path, documents: list[Any], message: str
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    with pytest.raises(ManifestError, match=message):
+        load([path])
+
+
+def test_yaml_errors_say_where(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("a: 1\nb: [\n")
+    with pytest.raises(ManifestError, match=r"line 3, column 1"):
+        load([path])
+
+
+def test_the_same_object_twice_counts_once_and_different_content_is_an_error(
+    tmp_path: Path,
+) -> None:
+    callback = {"kind": "ThingSpaceCallback", "metadata": {"name": "c", "namespace": "t"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(callback))
+    assert len(load([tmp_path, path]).callbacks) == 1
+    other = tmp_path / "sub"
+    other.mkdir()
+    (other / "c.yaml").write_text(yaml.safe_dump({**callback, "spec": {"url": "x"}}))
+    with pytest.raises(ManifestError, match="declared differently"):
+        load([tmp_path])
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        {"data": {"password": "not base64!"}},
+        {"data": {"password": 123}},
+        {"stringData": ["x"]},
+    ],
+)
+def test_bad_secret_manifests_are_errors_without_values(
+    tmp_path: Path, secret: dict[str, Any]
+) -> None:
+    manifest = Manifest("s.yaml", {"kind": "Secret", "metadata": {"name": "s"}, **secret})
+    with pytest.raises(ManifestError, match="Secret s") as raised:
+        secret_values(manifest)
+    assert "base64!" not in str(raised.value)

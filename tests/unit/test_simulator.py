@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from tests.simctl import SimControl
-from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer, cli
+from thingspace_operator.simulator.state import DEMO_APPS, DEMO_USERS
 
 ACCOUNT = "0000123456-00001"
 BASIC = "Basic " + base64.b64encode(b"demo-app-key:demo-app-secret").decode()
@@ -370,3 +371,46 @@ async def test_simulator_logs_carry_no_passwords(
     assert "POST /api/m2m/v1/session/login -> 400" in text
     assert "wrong-pass-123" not in text
     assert "cb-pass-456" not in text
+
+
+# --- thingspace-sim serve: accepted credentials ------------------------------------------
+
+
+def serve_config(*argv: str, **environ: str) -> SimulatorConfig:
+    return cli.config_from_args(cli.serve_parser().parse_args(argv), environ)
+
+
+def test_credentials_come_from_the_environment_and_the_flags() -> None:
+    """The environment keeps secrets out of argv (/proc/*/cmdline, ps): the chart uses it."""
+    assert (serve_config().apps, serve_config().users) == (DEMO_APPS, DEMO_USERS)
+    assert serve_config(THINGSPACE_SIM_APPS="", THINGSPACE_SIM_USERS=" ").apps == DEMO_APPS
+    config = serve_config(THINGSPACE_SIM_APPS="k1:s1, k2:s:2,", THINGSPACE_SIM_USERS="alice:pw")
+    assert (config.apps, config.users) == ({"k1": "s1", "k2": "s:2"}, {"alice": "pw"})
+    both = serve_config("--app", "k2:flag", "--app", "k3:s3", THINGSPACE_SIM_APPS="k1:s1,k2:env")
+    assert (both.apps, both.users) == ({"k1": "s1", "k2": "flag", "k3": "s3"}, DEMO_USERS)
+    assert serve_config("--user", "bob:pw2").users == {"bob": "pw2"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "form"),
+    [
+        ("THINGSPACE_SIM_APPS", "k1:s1,secret-7", "KEY:SECRET"),
+        ("THINGSPACE_SIM_USERS", "alice:pw,:secret-7", "NAME:PASSWORD"),
+        ("THINGSPACE_SIM_USERS", "alice:pw,secret-7:", "NAME:PASSWORD"),
+    ],
+)
+def test_malformed_credentials_in_the_environment_exit_2_without_echoing_them(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    form: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(cli, "run_simulator", pytest.fail)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--port", "0"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{variable}: entry 2 must look like {form}" in error
+    assert "secret-7" not in error

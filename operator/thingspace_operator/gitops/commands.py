@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import kubernetes
+import urllib3
 
 from ..account import ACCOUNT_PLURAL
 from ..config import DEFAULT_API_URL
@@ -23,7 +24,15 @@ from ..thingspace.errors import ThingSpaceError
 from ..thingspace.models import AppCredentials
 from . import diff, export, status
 from .manifests import ManifestError, dump, load
-from .sources import Credentials, SourceError, from_cluster, from_env, from_file, read_live
+from .sources import (
+    DEFAULT_SECRET_NAME,
+    Credentials,
+    SourceError,
+    from_cluster,
+    from_env,
+    from_file,
+    read_live,
+)
 
 DEFAULT_OPERATOR_NAMESPACE = "thingspace-operator"
 Handler = Callable[[argparse.Namespace], int]
@@ -33,7 +42,22 @@ class CommandError(Exception):
     """Ends the command with exit code 1 and this message on stderr."""
 
 
-def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+class Parser(argparse.ArgumentParser):
+    """Usage errors exit 1, like every other error: exit 2 means "diff found changes"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def add_commands(commands: "argparse._SubParsersAction[Any]") -> None:
     _add_export(commands)
     for name in ("diff", "plan"):
         _add_diff(commands, name)
@@ -55,7 +79,7 @@ def _thingspace_options(parser: argparse.ArgumentParser) -> None:
         "THINGSPACE_APP_KEY, THINGSPACE_APP_SECRET, THINGSPACE_USERNAME, THINGSPACE_PASSWORD "
         "variables",
     )
-    group.add_argument("--timeout", type=float, default=15.0, help="seconds per ThingSpace call")
+    group.add_argument("--timeout", type=positive, default=15.0, help="seconds per ThingSpace call")
     group.add_argument(
         "--operator-namespace",
         default=DEFAULT_OPERATOR_NAMESPACE,
@@ -64,7 +88,13 @@ def _thingspace_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_export(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster access (default: KUBECONFIG or ~/.kube/config)")
+    group.add_argument("--kubeconfig", help="path of the kubeconfig file")
+    group.add_argument("--context", help="kubeconfig context to use")
+
+
+def _add_export(commands: "argparse._SubParsersAction[Any]") -> None:
     parser = commands.add_parser(
         "export",
         help="write live registrations as ThingSpaceCallback manifests (adopting them)",
@@ -97,10 +127,11 @@ def _add_export(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "--output-dir", type=Path, metavar="DIR", help="one file per resource (default: stdout)"
     )
     _thingspace_options(parser)
+    _cluster_options(parser)
     parser.set_defaults(handler=run_export)
 
 
-def _add_diff(commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str) -> None:
+def _add_diff(commands: "argparse._SubParsersAction[Any]", name: str) -> None:
     parser = commands.add_parser(
         name,
         help="show what the operator would do to ThingSpace for these manifests",
@@ -132,18 +163,25 @@ def _add_diff(commands: "argparse._SubParsersAction[argparse.ArgumentParser]", n
         metavar="NAME",
         help="also list this account, to show registrations no manifest declares",
     )
+    parser.add_argument(
+        "--credentials-from-manifests",
+        action="store_true",
+        help="log in with the credentials Secrets found among the manifests (each account's "
+        "credentialsSecretRef) when neither --credentials-file nor THINGSPACE_* is given",
+    )
     parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
     _thingspace_options(parser)
     parser.set_defaults(handler=run_diff)
 
 
-def _add_status(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_status(commands: "argparse._SubParsersAction[Any]") -> None:
     parser = commands.add_parser(
         "status",
         help="the cluster's callbacks and accounts with their conditions, by account",
     )
     parser.add_argument("--namespace", "-n", help="only callbacks of this namespace")
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    _cluster_options(parser)
     parser.set_defaults(handler=run_status)
 
 
@@ -156,7 +194,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return handler(args)
     except (CommandError, SourceError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        print(f"error: cannot reach the cluster or write the output ({exc})", file=sys.stderr)
+    except Exception as exc:  # never a traceback: it could show a value of a Secret
+        print(f"error: unexpected {type(exc).__name__}; please report it", file=sys.stderr)
+    return 1
 
 
 def _given_credentials(args: argparse.Namespace, env: Mapping[str, str]) -> Credentials | None:
@@ -176,7 +218,7 @@ def run_export(args: argparse.Namespace) -> int:
         wanted.update(dict.fromkeys(args.account, credentials.values))
         secret_name = secret_name or credentials.secret_name
     if args.account_ref:
-        api = _kubernetes()
+        api = _kubernetes(args)
         for name in args.account_ref:
             spec, found = from_cluster(api, name, args.operator_namespace)
             wanted[spec.account_name], refs[spec.account_name] = found.values, name
@@ -189,9 +231,11 @@ def run_export(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot list account {account}: {listed}")
         callbacks += listed
     options = export.ExportOptions(
-        args.namespace, secret_name or "thingspace-credentials", refs, args.include_credentials
+        args.namespace, secret_name or DEFAULT_SECRET_NAME, refs, args.include_credentials
     )
-    exported = export.export(callbacks, options)
+    exported, skipped = export.export(callbacks, options)
+    for why in skipped:
+        print(f"warning: not exported: {why}", file=sys.stderr)
     _write(exported, args.output_dir)
     _warn_about_credentials(exported, args.include_credentials)
     return 0
@@ -204,7 +248,13 @@ def _write(exported: list[export.Exported], output_dir: Path | None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for item in exported:
         note = export.PLACEHOLDER_NOTE if item.has_placeholders else ""
-        (output_dir / item.file_name).write_text(note + dump([item.manifest]))
+        secret = item.manifest["kind"] == "Secret"
+        # Live callback passwords stay readable by their owner only.
+        mode = 0o600 if secret and not item.has_placeholders else 0o644
+        path = output_dir / item.file_name
+        path.unlink(missing_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as file:
+            file.write(note + dump([item.manifest]))
     print(f"wrote {len(exported)} file(s) to {output_dir}", file=sys.stderr)
 
 
@@ -212,9 +262,9 @@ def _warn_about_credentials(exported: list[export.Exported], included: bool) -> 
     secrets = [item.manifest["metadata"]["name"] for item in exported if item.has_placeholders]
     if secrets:
         print(
-            f"note: {len(secrets)} Secret(s) hold placeholder callback credentials "
-            f"({', '.join(secrets)}): fill them in before applying, or the operator "
-            "re-registers those callbacks with the placeholders",
+            f"note: {len(secrets)} Secret(s) have empty callback credentials to fill in "
+            f"({', '.join(secrets)}); until then their callbacks report CredentialsInvalid "
+            "and ThingSpace is left untouched",
             file=sys.stderr,
         )
     if included and any(item.manifest["kind"] == "Secret" for item in exported):
@@ -226,12 +276,15 @@ def _warn_about_credentials(exported: list[export.Exported], included: bool) -> 
 
 def run_diff(args: argparse.Namespace) -> int:
     manifests = load(args.filename)
+    if not (manifests.callbacks or manifests.accounts or args.account):
+        raise CommandError("no ThingSpaceCallback or ThingSpaceAccount in the given files")
     given = _given_credentials(args, os.environ)
     resolution = diff.resolve(
         manifests,
         args.namespace,
         args.operator_namespace,
         given.values if given is not None else None,
+        credentials_from_manifests=args.credentials_from_manifests,
     )
     resolution.accounts.update(args.account)
     if given is not None:
@@ -244,7 +297,7 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    custom = kubernetes.client.CustomObjectsApi(_kubernetes())
+    custom = kubernetes.client.CustomObjectsApi(_kubernetes(args))
     try:
         if args.namespace:
             callbacks = custom.list_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL)
@@ -252,7 +305,8 @@ def run_status(args: argparse.Namespace) -> int:
             callbacks = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
         accounts = _accounts_if_allowed(custom)
     except kubernetes.client.exceptions.ApiException as exc:
-        raise CommandError(f"reading ThingSpaceCallbacks: HTTP {exc.status}") from None
+        hint = " (may you list them cluster-wide? try -n NAMESPACE)" if exc.status == 403 else ""
+        raise CommandError(f"reading ThingSpaceCallbacks: HTTP {exc.status}{hint}") from None
     groups = status.group(callbacks.get("items") or [], accounts)
     sys.stdout.write(
         status.as_json(groups) + "\n" if args.output == "json" else status.as_text(groups)
@@ -271,19 +325,21 @@ def _accounts_if_allowed(custom: kubernetes.client.CustomObjectsApi) -> list[Any
     return list(found.get("items") or [])
 
 
-def _kubernetes() -> kubernetes.client.ApiClient:
-    """The kubeconfig's cluster (KUBECONFIG, or ~/.kube/config), as kubectl uses it."""
+def _kubernetes(args: argparse.Namespace) -> kubernetes.client.ApiClient:
+    """The cluster of the kubeconfig (``--kubeconfig``, KUBECONFIG or ~/.kube/config), as
+    kubectl resolves it; kubectl does not pass its own flags on to plugins."""
     try:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        return kubernetes.config.new_client_from_config(  # type: ignore[no-any-return]
+            config_file=args.kubeconfig, context=args.context
+        )
     except (kubernetes.config.ConfigException, OSError) as exc:
         raise CommandError(f"no usable kubeconfig: {exc}") from None
-    return kubernetes.client.ApiClient()
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:
     """``kubectl thingspace export|diff|plan|status`` (kubectl finds ``kubectl-thingspace``
     on PATH)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kubectl thingspace",
         description="ThingSpace callback registrations: export, diff and status.",
     )

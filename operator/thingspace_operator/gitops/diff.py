@@ -5,32 +5,34 @@ manifests into declared registrations and lays the answers out. Secret values ne
 appear in a row: a changed credential shows as masked on both sides.
 """
 
-import contextlib
 import enum
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from ..account import AccountSpec, CallbackPolicy
 from ..kube.secrets import CredentialsInvalid, app_credentials_from, callback_credentials_from
 from ..model import CallbackSpec, InvalidSpec, ManagementPolicy
 from ..plan import Action, Drift, plan_sync
-from ..reconciler import display_url
 from ..thingspace.errors import ThingSpaceError
-from ..thingspace.models import AppCredentials, Callback
+from ..thingspace.models import AppCredentials, Callback, display_url
 from .manifests import Manifest, ManifestSet
 from .table import columns
 
 MASK = "*****"
 UNSET = "(unset)"
 NOT_COMPARED = " (callback credentials not compared: their Secret is not in the given files)"
+PRUNED = (
+    "not declared in these manifests: deregistered, unless a ThingSpaceCallback elsewhere "
+    "in the cluster declares it"
+)
 
 
 class Step(enum.StrEnum):
     REGISTER = "register"
     REREGISTER = "re-register"
-    ADOPT = "adopt"
+    IN_SYNC = "in-sync"
     OBSERVE = "observe"
     SKIP = "skip"
     CONFLICT = "conflict"
@@ -68,6 +70,7 @@ class Declared:
     spec: CallbackSpec
     account: str
     callback_credentials: tuple[str, str] | None  # None: not in the files, not compared
+    caveat: str = ""  # what could not be checked without the cluster
 
 
 @dataclass
@@ -86,10 +89,14 @@ def resolve(
     default_namespace: str,
     operator_namespace: str,
     credentials: AppCredentials | None = None,
+    credentials_from_manifests: bool = False,
 ) -> Resolution:
-    """``credentials``: one set for every account; None: each account's Secret in the files."""
+    """``credentials``: one set for every account. ``credentials_from_manifests``: each
+    account's credentials Secret among the manifests (opt-in: a placeholder Secret in git
+    would cost a failed login on every run)."""
     found = Resolution()
     accounts = _accounts(manifests, found)
+    secrets: dict[str, tuple[str, str]] = {}  # account -> its credentials Secret
     for manifest in manifests.callbacks:
         try:
             declared = _declared(manifest, manifests, accounts, default_namespace)
@@ -99,14 +106,17 @@ def resolve(
         found.declared.append(declared)
         found.accounts.add(declared.account)
         if declared.spec.account_ref is None:
-            secret = (declared.resource.split("/")[0], declared.spec.credentials_secret)
-            _credentials_from_files(found, declared.account, manifests, secret, default_namespace)
+            namespace = declared.resource.split("/")[0]
+            secrets.setdefault(declared.account, (namespace, declared.spec.credentials_secret))
     for spec in accounts.values():
         found.accounts.add(spec.account_name)
         secret = (spec.secret_namespace or operator_namespace, spec.secret_name)
-        _credentials_from_files(found, spec.account_name, manifests, secret, default_namespace)
+        secrets.setdefault(spec.account_name, secret)
     if credentials is not None:
         found.credentials = dict.fromkeys(found.accounts, credentials)
+    elif credentials_from_manifests:
+        for account, secret in sorted(secrets.items()):
+            _credentials_from_files(found, account, manifests, secret, default_namespace)
     return found
 
 
@@ -115,8 +125,9 @@ def _accounts(manifests: ManifestSet, found: Resolution) -> dict[str, AccountSpe
     for manifest in manifests.accounts:
         try:
             spec = AccountSpec.parse(manifest.name, manifest.spec)
-        except InvalidSpec as exc:
-            found.errors.append(Row("", "", Step.ERROR, str(exc), manifest.name, manifest.source))
+        except (InvalidSpec, TypeError, ValueError) as exc:
+            why = str(exc) if isinstance(exc, InvalidSpec) else "malformed spec"
+            found.errors.append(Row("", "", Step.ERROR, why, manifest.name, manifest.source))
             continue
         accounts[manifest.name] = spec
         if spec.policy is CallbackPolicy.AUTHORITATIVE:
@@ -132,23 +143,40 @@ def _declared(
 ) -> Declared:
     namespace = manifest.namespace(default_namespace)
     spec = CallbackSpec.parse(manifest.spec)
-    account = spec.account_name
+    account, caveat = spec.account_name, ""
     if spec.account_ref is not None:
-        if spec.account_ref not in accounts:
-            raise InvalidSpec(f"ThingSpaceAccount {spec.account_ref} is not in the given files")
-        account = accounts[spec.account_ref].account_name
-    callback_credentials = None
+        account, caveat = _resolve_ref(spec.account_ref, accounts, namespace)
+    callback_credentials: tuple[str, str] | None = ("", "")
     if spec.callback_credentials_secret:
-        data = manifests.secret_data(namespace, spec.callback_credentials_secret, default_namespace)
-        if data:
-            where = f"{namespace}/{spec.callback_credentials_secret}"
-            try:
-                callback_credentials = callback_credentials_from(data, where)
-            except CredentialsInvalid as exc:
-                raise InvalidSpec(str(exc)) from None
-    else:
-        callback_credentials = ("", "")
-    return Declared(manifest, f"{namespace}/{manifest.name}", spec, account, callback_credentials)
+        name = spec.callback_credentials_secret
+        data = manifests.secret_data(namespace, name, default_namespace)
+        try:
+            callback_credentials = (
+                callback_credentials_from(data, f"{namespace}/{name}") if data else None
+            )
+        except CredentialsInvalid as exc:
+            raise InvalidSpec(f"{exc}; the operator would refuse it (no write)") from None
+    resource = f"{namespace}/{manifest.name}"
+    return Declared(manifest, resource, spec, account, callback_credentials, caveat)
+
+
+def _resolve_ref(name: str, accounts: Mapping[str, AccountSpec], namespace: str) -> tuple[str, str]:
+    """The billing account of a ThingSpaceAccount among the manifests, with the operator's
+    own namespace rule (``AccountSpec.allows``); labels are not known without a cluster."""
+    account = accounts.get(name)
+    if account is None:
+        raise InvalidSpec(
+            f"ThingSpaceAccount {name} is not in the given files (add it: "
+            f"kubectl get tsa {name} -o yaml > {name}.yaml)"
+        )
+    if account.allows(namespace, None):
+        return account.account_name, ""
+    if account.needs_labels:
+        return account.account_name, f" (only if namespace {namespace}'s labels match {name})"
+    raise InvalidSpec(
+        f"ThingSpaceAccount {name} does not allow namespace {namespace}: the operator would "
+        "report AccountNotAllowed (no write)"
+    )
 
 
 def _credentials_from_files(
@@ -158,12 +186,14 @@ def _credentials_from_files(
     secret: tuple[str, str],
     default_namespace: str,
 ) -> None:
-    if account in found.credentials:
-        return
+    where = "/".join(secret)
     data = manifests.secret_data(*secret, default_namespace)
-    # Usually not in the files (Secrets rarely live in git): the caller gives credentials.
-    with contextlib.suppress(CredentialsInvalid):
-        found.credentials[account] = app_credentials_from(data, "/".join(secret))
+    if not data:
+        return  # reported as "no credentials for account" when it is listed
+    try:
+        found.credentials[account] = app_credentials_from(data, where)
+    except CredentialsInvalid as exc:
+        found.errors.append(Row(account, "", Step.ERROR, str(exc)))
 
 
 def _error_row(manifest: Manifest, default_namespace: str, message: str) -> Row:
@@ -182,6 +212,8 @@ def _error_row(manifest: Manifest, default_namespace: str, message: str) -> Row:
 # --- planning ----------------------------------------------------------------------------
 
 LiveLists = Mapping[str, list[Callback] | ThingSpaceError]
+#: Stands for callback credentials the operator will register but the files do not hold.
+UNKNOWN = "\0unknown"
 
 
 def plan(resolution: Resolution, live: LiveLists, prune: bool = False) -> list[Row]:
@@ -198,12 +230,14 @@ def plan(resolution: Resolution, live: LiveLists, prune: bool = False) -> list[R
             continue
         current = next((c for c in listed if c.service_name == service), None)
         rows += _plan_key(claimants, current)
+    # An invalid manifest still declares its registration: the operator would not prune it.
+    claimed = set(by_key) | {(r.account, r.service) for r in resolution.errors if r.service}
     declared_accounts = {account for account, _ in by_key}
     for account in sorted(resolution.accounts):
         listed = live.get(account)
         if isinstance(listed, list):
             pruning = prune or account in resolution.authoritative
-            rows += _undeclared(listed, by_key, pruning)
+            rows += _undeclared(listed, claimed, pruning)
         elif account not in declared_accounts:
             rows.append(Row(account, "", Step.ERROR, _unlisted(account, listed)))
     return rows
@@ -225,15 +259,14 @@ def _plan_key(claimants: list[Declared], live: Callback | None) -> list[Row]:
     spec = declared.spec
     if spec.suspend:
         return [_row(declared, Step.SKIP, "suspended: the operator leaves it as it is")]
-    compared = declared.callback_credentials
-    if compared is None:  # unknown: compare the URL only
-        compared = (live.username, live.password) if live else ("", "")
+    compared, note = _compared_credentials(declared, live)
     desired = Callback(declared.account, spec.service_name, spec.url, *compared)
     decision = plan_sync(desired, live, spec.management_policy)
     changes = _changes(desired, live)
-    note = "" if declared.callback_credentials is not None else NOT_COMPARED
+    note += declared.caveat
     if decision.drift is Drift.NONE:
-        return [_row(declared, Step.ADOPT, "registered as declared: no write" + note)]
+        detail = "registered as declared: no write (adopted if no resource manages it yet)"
+        return [_row(declared, Step.IN_SYNC, detail + note)]
     if spec.management_policy is ManagementPolicy.OBSERVE_ONLY:
         return [_row(declared, Step.OBSERVE, f"ObserveOnly: {decision.drift}, no write", changes)]
     assert decision.action is Action.REGISTER
@@ -241,34 +274,35 @@ def _plan_key(claimants: list[Declared], live: Callback | None) -> list[Row]:
     return [_row(declared, step, str(decision.drift) + note, changes)]
 
 
+def _compared_credentials(declared: Declared, live: Callback | None) -> tuple[tuple[str, str], str]:
+    """The callback credentials to compare, and a note when they are not in the files.
+
+    Unknown ones equal the live ones when those are set (nothing to tell them apart); when
+    nothing is set live, the operator will register some: that is a change."""
+    if declared.callback_credentials is not None:
+        return declared.callback_credentials, ""
+    if live is not None and live.has_credentials:
+        return (live.username, live.password), NOT_COMPARED
+    return (UNKNOWN, UNKNOWN), NOT_COMPARED
+
+
 def _undeclared(
-    listed: Iterable[Callback], declared: Mapping[tuple[str, str], object], pruning: bool
+    listed: Iterable[Callback], claimed: Collection[tuple[str, str]], pruning: bool
 ) -> list[Row]:
     rows = []
     for callback in sorted(listed, key=lambda c: c.service_name):
-        if (callback.account_name, callback.service_name) in declared:
+        if (callback.account_name, callback.service_name) in claimed:
             continue
         url = display_url(callback.url)
         if pruning:
-            change = (Change("url", url, UNSET),)
-            rows.append(
-                Row(
-                    callback.account_name,
-                    callback.service_name,
-                    Step.DEREGISTER,
-                    "not declared (pruned)",
-                    changes=change,
-                )
-            )
+            step, detail = Step.DEREGISTER, PRUNED
+            changes: tuple[Change, ...] = (Change("url", url, UNSET),)
         else:
-            rows.append(
-                Row(
-                    callback.account_name,
-                    callback.service_name,
-                    Step.KEEP,
-                    f"not declared: left alone ({url}); --prune would deregister it",
-                )
-            )
+            step, detail = Step.KEEP, f"not declared: left alone ({url})"
+            changes = ()
+        rows.append(
+            Row(callback.account_name, callback.service_name, step, detail, changes=changes)
+        )
     return rows
 
 
@@ -311,7 +345,7 @@ def as_json(rows: list[Row]) -> str:
     summary = {step.value: sum(row.step is step for row in rows) for step in Step}
     return json.dumps(
         {
-            "changes": exit_code(rows) == 2,
+            "changes": any(row.step in CHANGES for row in rows),
             "summary": {k: v for k, v in summary.items() if v},
             "registrations": [asdict(row) for row in rows],
         },

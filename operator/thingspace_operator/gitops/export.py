@@ -12,12 +12,15 @@ from typing import Any
 
 from ..kube.secretwatch import CREDENTIALS_LABEL
 from ..model import GROUP, KIND, VERSION
-from ..thingspace.models import Callback
+from ..thingspace.models import Callback, display_url
+from ..thingspace.services import CALLBACK_SERVICE_NAMES
 
-PLACEHOLDER = "REPLACE-ME"
+#: Empty on purpose: the operator refuses empty callback credentials (CredentialsInvalid,
+#: no write), so a Secret applied before it is filled in cannot overwrite the live ones.
+PLACEHOLDER = ""
 PLACEHOLDER_NOTE = (
-    "# Placeholder values: put the listener's real callback credentials here before applying,\n"
-    "# or the operator re-registers the callback with these placeholders.\n"
+    "# Fill in the listener's callback credentials before applying. Until then the\n"
+    "# ThingSpaceCallback reports CredentialsInvalid and ThingSpace is left untouched.\n"
 )
 
 
@@ -44,13 +47,28 @@ def resource_name(callback: Callback) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:200]
 
 
-def export(callbacks: Iterable[Callback], options: ExportOptions) -> list[Exported]:
-    exported = []
+def export(
+    callbacks: Iterable[Callback], options: ExportOptions
+) -> tuple[list[Exported], list[str]]:
+    """The manifests, and why any live registration was left out."""
+    exported, skipped = [], []
     for callback in sorted(callbacks, key=lambda c: (c.account_name, c.service_name)):
+        why = _not_exportable(callback, options)
+        if why:
+            skipped.append(f"{callback.service_name} of account {callback.account_name}: {why}")
+            continue
         exported.append(_callback_manifest(callback, options))
         if callback.has_credentials:
             exported.append(_credentials_manifest(callback, options))
-    return exported
+    return exported, skipped
+
+
+def _not_exportable(callback: Callback, options: ExportOptions) -> str:
+    if callback.service_name not in CALLBACK_SERVICE_NAMES:
+        return "not a service name the CRD accepts"
+    if display_url(callback.url) != callback.url and not options.include_credentials:
+        return "its URL carries credentials (user:password@); export with --include-credentials"
+    return ""
 
 
 def _metadata(name: str, options: ExportOptions) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from ..account import ACCOUNT_KIND
-from ..kube.secrets import decode_secret_data
+from ..kube.secrets import CredentialsInvalid, decode_secret_data
 from ..model import KIND
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -62,19 +62,26 @@ class ManifestSet:
 
 
 def load(paths: Iterable[Path]) -> ManifestSet:
-    """Every document of the files (directories: their YAML and JSON files, recursively)."""
+    """Every document of the files (directories: their YAML and JSON files, recursively).
+
+    The same object given twice (a file and its directory) counts once; the same name with
+    different content is an error, as it would be for kubectl."""
     found = ManifestSet()
     by_kind = {KIND: found.callbacks, ACCOUNT_KIND: found.accounts, "Secret": found.secrets}
+    seen: dict[tuple[str, str, str], Manifest] = {}
     for path in _files(paths):
-        for manifest in _documents(path):
-            if manifest.kind == "List":
-                items = manifest.body.get("items") or []
-                manifests = [Manifest(manifest.source, item) for item in items]
-            else:
-                manifests = [manifest]
-            for item in manifests:
-                if item.kind in by_kind:  # other kinds are not ours: ignored
-                    by_kind[item.kind].append(item)
+        for item in _documents(path):
+            if item.kind not in by_kind:
+                continue  # other kinds are not ours
+            key = (item.kind, item.namespace(""), item.name)
+            earlier = seen.setdefault(key, item)
+            if earlier is item:
+                by_kind[item.kind].append(item)
+            elif earlier.body != item.body:
+                raise ManifestError(
+                    f"{item.kind} {item.name} is declared differently in {earlier.source} "
+                    f"and {item.source}"
+                )
     return found
 
 
@@ -92,24 +99,49 @@ def _documents(path: Path) -> Iterator[Manifest]:
     try:
         text = path.read_text() if str(path) != "-" else sys.stdin.read()
         documents = list(yaml.safe_load_all(text))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ManifestError(f"{path}: not readable as YAML ({type(exc).__name__})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ManifestError(f"{path}: not valid YAML{where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot be read ({type(exc).__name__})") from None
     for document in documents:
         if document is None:
             continue
-        if not isinstance(document, Mapping):
-            raise ManifestError(f"{path}: a document is not a mapping")
-        yield Manifest(str(path), document)
+        items = document.get("items") if isinstance(document, Mapping) else None
+        if isinstance(document, Mapping) and document.get("kind") == "List":
+            if not isinstance(items, list):
+                raise ManifestError(f"{path}: a List whose items are not a list")
+            documents_here = items
+        else:
+            documents_here = [document]
+        for item in documents_here:
+            yield _manifest(path, item)
+
+
+def _manifest(path: Path, document: Any) -> Manifest:
+    if not isinstance(document, Mapping):
+        raise ManifestError(f"{path}: a document is not a mapping")
+    metadata = document.get("metadata", {})
+    if not isinstance(metadata, Mapping):
+        raise ManifestError(f"{path}: a document's metadata is not a mapping")
+    return Manifest(str(path), document)
 
 
 def secret_values(secret: Manifest) -> dict[str, str]:
     """A Secret manifest's values as the API server would store them: ``stringData``
-    over the decoded ``data``. Messages name the Secret, never a value."""
+    over the decoded ``data``. Messages name the Secret and key, never a value."""
     data = secret.body.get("data") or {}
-    values = decode_secret_data(data, secret.name) if isinstance(data, Mapping) else {}
     string_data = secret.body.get("stringData") or {}
-    if isinstance(string_data, Mapping):
-        values.update({str(k): str(v) for k, v in string_data.items()})
+    if not isinstance(data, Mapping) or not isinstance(string_data, Mapping):
+        raise ManifestError(f"Secret {secret.name}: data and stringData must be mappings")
+    if not all(isinstance(value, str) for value in (*data.values(), *string_data.values())):
+        raise ManifestError(f"Secret {secret.name}: every value must be a string")
+    try:
+        values = decode_secret_data(data, secret.name)
+    except CredentialsInvalid as exc:
+        raise ManifestError(f"{exc} ({secret.source})") from None
+    values.update({str(key): value for key, value in string_data.items()})
     return values
 
 

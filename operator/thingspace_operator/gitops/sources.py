@@ -82,8 +82,8 @@ def from_cluster(
         spec = AccountSpec.parse(account, body.get("spec") or {})
     except ApiException as exc:
         raise SourceError(f"ThingSpaceAccount {account}: HTTP {exc.status}") from None
-    except ValueError as exc:
-        raise SourceError(f"ThingSpaceAccount {account}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"ThingSpaceAccount {account}: malformed spec ({exc})") from None
     namespace = spec.secret_namespace or operator_namespace
     where = f"{namespace}/{spec.secret_name}"
     core = kubernetes.client.CoreV1Api(api_client)

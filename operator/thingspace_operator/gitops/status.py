@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..kube.status import condition
+from ..thingspace.models import display_url
 from .table import columns
 
 
@@ -23,21 +25,16 @@ class CallbackRow:
 @dataclass
 class AccountGroup:
     account: str
-    accounts: list[str] = field(default_factory=list)  # ThingSpaceAccount objects
-    ready: str = ""
-    reason: str = ""
+    accounts: list[dict[str, str]] = field(default_factory=list)  # ThingSpaceAccounts' Ready
     callbacks: list[CallbackRow] = field(default_factory=list)
     unmanaged: list[dict[str, str]] = field(default_factory=list)
-
-
-def _ready(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
 def group(
     callbacks: Iterable[Mapping[str, Any]], accounts: Iterable[Mapping[str, Any]]
 ) -> list[AccountGroup]:
+    """Callbacks by billing account, with each account's state; unmanaged registrations
+    are known only for accounts backed by a ThingSpaceAccount (its status lists them)."""
     groups: dict[str, AccountGroup] = {}
     by_object: dict[str, str] = {}
     for account in accounts:
@@ -45,9 +42,10 @@ def group(
         billing = str((account.get("spec") or {}).get("accountName") or "")
         by_object[name] = billing
         entry = groups.setdefault(billing, AccountGroup(billing))
-        ready = _ready(account)
-        entry.accounts.append(name)
-        entry.ready, entry.reason = str(ready.get("status", "")), str(ready.get("reason", ""))
+        ready = condition(account.get("status") or {}, "Ready")
+        entry.accounts.append(
+            {"name": name, "ready": ready.get("status", ""), "reason": ready.get("reason", "")}
+        )
         for row in (account.get("status") or {}).get("registrations") or []:
             if not row.get("managedBy"):
                 entry.unmanaged.append({"serviceName": row["serviceName"], "url": row["url"]})
@@ -60,13 +58,13 @@ def group(
             or by_object.get(str(ref))
             or f"(ThingSpaceAccount {ref}, not found)"
         )
-        ready = _ready(callback)
+        ready = condition(status, "Ready")
         meta = callback["metadata"]
         groups.setdefault(billing, AccountGroup(billing)).callbacks.append(
             CallbackRow(
                 f"{meta.get('namespace', '')}/{meta['name']}",
                 str(spec.get("serviceName", "")),
-                str(spec.get("url", "")),
+                display_url(str(spec.get("url", ""))),
                 str(ready.get("status", "Unknown")),
                 str(ready.get("reason", "")),
                 str(ready.get("message", "")),
@@ -85,11 +83,9 @@ def as_text(groups: list[AccountGroup]) -> str:
         return "No ThingSpaceCallbacks or ThingSpaceAccounts found.\n"
     out = []
     for entry in groups:
+        states = [f"{a['name']}: Ready={a['ready']} {a['reason']}".rstrip() for a in entry.accounts]
         title = f"ACCOUNT {entry.account}"
-        if entry.accounts:
-            title += f"  (ThingSpaceAccount {', '.join(entry.accounts)}: Ready={entry.ready}"
-            title += f" {entry.reason})" if entry.reason else ")"
-        out.append(title)
+        out.append(title + (f"  (ThingSpaceAccount {'; '.join(states)})" if states else ""))
         rows = [("RESOURCE", "SERVICE", "READY", "REASON", "URL")]
         rows += [(c.resource, c.service, c.ready, c.reason, c.url) for c in entry.callbacks]
         rows += [("(unmanaged)", u["serviceName"], "-", "-", u["url"]) for u in entry.unmanaged]

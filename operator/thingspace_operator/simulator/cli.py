@@ -1,16 +1,19 @@
 """The ``thingspace-sim`` command.
 
 ``thingspace-sim [serve] [--host H] [--port P] ...`` serves the simulator (``serve`` may be
-left out). ``thingspace-sim send --account A --service S [--payload FILE] [--wait]`` asks
-a running simulator to deliver one callback message to what is registered there.
+left out); accepted credentials may also come from ``THINGSPACE_SIM_APPS`` and
+``THINGSPACE_SIM_USERS``, which keep secrets out of argv. ``thingspace-sim send --account A
+--service S [--payload FILE] [--wait]`` asks a running simulator to deliver one callback
+message to what is registered there.
 """
 
 import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,10 @@ TIME_SETTINGS = {
     "delivery_retry_seconds": "wait between attempts to deliver a callback message",
     "delivery_timeout_seconds": "time one delivery attempt may take",
 }
+#: Accepted credentials from the environment, comma-separated: secrets in argv show in
+#: /proc/*/cmdline and ps. Flags add to them (a flag wins for the same key or name).
+APPS_ENV = "THINGSPACE_SIM_APPS"
+USERS_ENV = "THINGSPACE_SIM_USERS"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,11 +56,26 @@ def seconds(value: str) -> float:
 
 
 def serve_main(argv: Sequence[str]) -> int:
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args, os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_simulator(args.host, args.port, config)
+    return 0
+
+
+def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thingspace-sim",
         usage="%(prog)s [serve] [options]",
         description="A faithful simulator of the ThingSpace API.",
-        epilog="thingspace-sim send --help: ask a running simulator to deliver a callback.",
+        epilog=f"Accepted credentials also come from {APPS_ENV} and {USERS_ENV}, "
+        "comma-separated KEY:SECRET lists that keep secrets out of the command line; "
+        "--app and --user add to them. "
+        "thingspace-sim send --help: ask a running simulator to deliver a callback.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8088)
@@ -62,14 +84,14 @@ def serve_main(argv: Sequence[str]) -> int:
         action="append",
         default=[],
         metavar="KEY:SECRET",
-        help="accepted OAuth app credentials (repeatable; default: demo)",
+        help=f"accepted OAuth app credentials (repeatable, added to {APPS_ENV}; default: demo)",
     )
     parser.add_argument(
         "--user",
         action="append",
         default=[],
         metavar="NAME:PASSWORD",
-        help="accepted UWS login (repeatable; default: demo)",
+        help=f"accepted UWS login (repeatable, added to {USERS_ENV}; default: demo)",
     )
     parser.add_argument(
         "--account",
@@ -87,30 +109,40 @@ def serve_main(argv: Sequence[str]) -> int:
             metavar="SECONDS",
             help=f"{what} (default {default:g})",
         )
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_simulator(args.host, args.port, config)
-    return 0
+    return parser
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
+def _pairs(values: Sequence[str], what: str, form: str) -> dict[str, str]:
+    """``NAME:SECRET`` entries as a mapping; an error names the entry, never shows it."""
     pairs = {}
-    for value in values:
+    for number, value in enumerate(values, 1):
         name, sep, secret = value.partition(":")
         if not sep or not name or not secret:
-            raise ValueError(f"{what} must look like NAME:SECRET")
+            raise ValueError(f"{what}: entry {number} must look like {form}")
         pairs[name] = secret
     return pairs
 
 
-def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+def _credentials(
+    environ: Mapping[str, str], variable: str, flags: Sequence[str], flag: str, form: str
+) -> dict[str, str]:
+    listed = [entry.strip() for entry in environ.get(variable, "").split(",")]
+    return {
+        **_pairs([entry for entry in listed if entry], variable, form),
+        **_pairs(flags, flag, form),
+    }
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> SimulatorConfig:
+    """The serve configuration from ``args`` and the credentials in ``environ``."""
+    environ = environ or {}
+    apps = _credentials(environ, APPS_ENV, args.app, "--app", "KEY:SECRET")
+    users = _credentials(environ, USERS_ENV, args.user, "--user", "NAME:PASSWORD")
     return SimulatorConfig(
-        apps=_pairs(args.app, "--app") or dict(DEMO_APPS),
-        users=_pairs(args.user, "--user") or dict(DEMO_USERS),
+        apps=apps or dict(DEMO_APPS),
+        users=users or dict(DEMO_USERS),
         accounts=frozenset(args.account) if args.account else None,
         **{setting: getattr(args, setting) for setting in TIME_SETTINGS},
     )

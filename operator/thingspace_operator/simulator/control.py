@@ -170,7 +170,7 @@ async def sim_deliver(request: web.Request) -> web.Response:
         return _refused(problem)
     try:
         delivery = _deliveries(request).send(
-            body["account"], body["service"], body.get("payload"), body.get("deviceIds") or ()
+            body["account"], body["service"], body.get("payload"), body.get("deviceIds", ())
         )
     except NotRegistered as exc:
         return _refused(f"{exc}; deliveries go only to a registered URL", 404)
@@ -185,15 +185,30 @@ def _trigger_problem(body: Any) -> str:
         return f"unknown fields {unknown}; deliveries go only to the registered URL"
     if not all(isinstance(body.get(key), str) and body[key] for key in ("account", "service")):
         return "account and service are required strings"
-    if not isinstance(body.get("payload") or {}, dict):
-        return "payload must be a JSON object (the service-specific part of the message)"
-    devices = body.get("deviceIds") or []
-    if not isinstance(devices, list) or not all(
-        isinstance(device, dict) and all(isinstance(device.get(key), str) for key in ("id", "kind"))
-        for device in devices
-    ):
-        return 'deviceIds must be a list of {"id", "kind"}'
+    if "payload" in body and not isinstance(body["payload"], dict):
+        return (
+            "payload must be a JSON object (the service-specific part of the message); "
+            "leave it out for the sample"
+        )
+    if "deviceIds" in body and not _is_device_list(body["deviceIds"]):
+        return (
+            'deviceIds must be a non-empty list of {"id": string, "kind": string}; '
+            "leave it out for the sample IMEI"
+        )
     return ""
+
+
+def _is_device_list(devices: Any) -> bool:
+    return (
+        isinstance(devices, list)
+        and bool(devices)
+        and all(
+            isinstance(device, dict)
+            and set(device) == {"id", "kind"}
+            and all(isinstance(value, str) and value for value in device.values())
+            for device in devices
+        )
+    )
 
 
 async def sim_deliveries(request: web.Request) -> web.Response:

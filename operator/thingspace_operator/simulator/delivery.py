@@ -2,7 +2,8 @@
 
 Section 7 of ../shared/reference/thingspace-api.md: an HTTP POST with a JSON body to the
 URL registered for the account and service, the callback username and password echoed in
-the body (no Authorization header); success only on 2xx; after a failure three more
+the body (no Authorization header: user-info in the URL is removed before the POST and
+never reaches the history or the log); success only on 2xx; after a failure three more
 attempts at an interval (five minutes), then the message is archived. Each attempt goes
 to the URL registered at that moment, never to any other.
 """
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from ..thingspace.models import display_url
 from .samples import sample_payload, utc_now
 from .state import Registration, SimulatorState
 
@@ -200,12 +202,14 @@ class Deliveries:
     async def _attempt(self, delivery: Delivery, number: int, registration: Registration) -> bool:
         if self._http is None:
             raise RuntimeError("the simulator is not serving")
-        attempt = Attempt(number, registration.url, utc_now())
+        # Without user-info: aiohttp would turn it into an Authorization header.
+        url = display_url(registration.url)
+        attempt = Attempt(number, url, utc_now())
         delivery.attempts.append(attempt)
         timeout = self.state.config.delivery_timeout_seconds
         try:
             async with self._http.post(
-                registration.url,
+                url,
                 json=delivery.message(registration, number),
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
@@ -221,7 +225,7 @@ class Deliveries:
             delivery.account,
             delivery.service,
             number,
-            registration.url,
+            url,
             attempt.status or attempt.error,
         )
         return attempt.status is not None and 200 <= attempt.status < 300

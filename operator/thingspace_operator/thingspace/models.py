@@ -2,6 +2,7 @@
 
 import hashlib
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,11 @@ class Callback:
     @property
     def has_credentials(self) -> bool:
         return bool(self.username or self.password)
+
+
+def display_url(url: str) -> str:
+    """The URL without any user:password part, fit for status, Events, logs and output."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
