@@ -8,7 +8,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -315,15 +315,37 @@ def _namespaced(namespace: str | None) -> str:
     return namespace
 
 
+class HandledConfiguration(kopf.StatusDiffBaseStorage):
+    """kopf's record of the configuration it last handled (how it tells a spec change
+    from any other event), kept in ``status.lastHandledConfiguration``.
+
+    In status, it rides on the status patch every reconcile makes anyway; as an
+    annotation, as before, it cost a PATCH of its own per change. The annotation of
+    earlier versions is still read, so an upgrade does not look like a change.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(field="status.lastHandledConfiguration")
+        self._earlier = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return self._earlier.build(body=body, extra_fields=extra_fields)  # as before
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return super().fetch(body=body) or self._earlier.fetch(body=body)
+
+
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.persistence.finalizer = FINALIZER
-    # kopf's bookkeeping goes to annotations, never into our status.
+    # kopf's progress of retried handlers goes to annotations, never into our status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = HandledConfiguration()
     # A watch that silently stalls is kopf's best-known failure: bound both sides.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -205,3 +205,36 @@ async def test_reconcile_now_annotation_bypasses_the_shared_list(
         lambda: cluster.callback("qos")["status"].get("lastHandledReconcileAt") == stamp
     )
     assert (await ctl.registrations())[ACCOUNT][0]["url"] == URL
+
+
+async def test_converging_costs_three_kubernetes_writes_per_resource_and_the_tight_call_bound(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl, k8s
+) -> None:
+    """Finalizer, status and one Event per resource; token + login once, one list per
+    account and one register per resource at ThingSpace (Ready rests on the 200)."""
+    accounts = ["0000000001-00001", "0000000002-00001"]
+    pairs = [(a, s) for a in accounts for s in CALLBACK_SERVICE_NAMES[:15]]
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await start_operator()
+    await ctl.request("DELETE", "requests")
+    k8s.verb_counts = None
+    await asyncio.gather(
+        *(
+            cluster.create_callback(f"cb-{i}", accountName=a, serviceName=s, url=f"{URL}/{i}")
+            for i, (a, s) in enumerate(pairs)
+        )
+    )
+    names = [f"cb-{i}" for i in range(len(pairs))]
+    await eventually(lambda: all(ready(cluster, n) for n in names), timeout=30, what="Ready")
+    await quiet_period(1.0)  # Events and status patches trailing the last Ready
+    creates = len(pairs)
+    writes = sum(
+        n for (verb, _), n in k8s.verb_counts.items() if verb in ("POST", "PATCH", "PUT", "DELETE")
+    )
+    assert writes - creates <= 3 * len(pairs), dict(k8s.verb_counts)
+    assert await ctl.counts() == {
+        ("token", 200): 1,
+        ("login", 200): 1,
+        ("list", 200): len(accounts),
+        ("register", 200): len(pairs),
+    }

@@ -1,5 +1,7 @@
 """The operator end to end: real kopf reactor, emulated Kubernetes API, simulated ThingSpace."""
 
+import json
+
 import aiohttp
 
 from tests.conftest import ACCOUNT, Cluster, OperatorFactory, eventually
@@ -46,8 +48,11 @@ async def test_create_registers_and_reports_ready(operator, cluster: Cluster, si
     assert cluster.condition("qos-events", "Ready")["reason"] == "Registered"
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
     await eventually(lambda: "Registered" in cluster.event_reasons("qos-events"))
-    # kopf's own bookkeeping stays out of status.
+    # Of kopf's bookkeeping, only the handled configuration is in status (it rides on the
+    # status patch instead of a PATCH of its own), and it is the spec, nothing secret.
+    assert json.loads(status["lastHandledConfiguration"])["spec"] == obj["spec"]
     assert set(status) <= {
+        "lastHandledConfiguration",
         "observedGeneration",
         "conditions",
         "registration",

@@ -1,5 +1,10 @@
 """Condition bookkeeping: lastTransitionTime moves only when a status flips."""
 
+import json
+
+import kopf
+
+from thingspace_operator.handlers import ANNOTATION_PREFIX, HandledConfiguration
 from thingspace_operator.kube.status import Condition, changed_fields, condition, merge_conditions
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -55,3 +60,26 @@ def test_condition_lookup_and_changed_fields() -> None:
     assert changed_fields(status, {"observedGeneration": 1, "lastSyncTime": T0}) == {
         "lastSyncTime": T0
     }
+
+
+def test_handled_configuration_lives_in_status_and_reads_the_earlier_annotation() -> None:
+    storage = HandledConfiguration()
+    earlier = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    raw = {"metadata": {"name": "q", "annotations": {}}, "spec": {"url": "https://a"}}
+    essence = storage.build(body=kopf.Body(raw))
+    assert essence == earlier.build(body=kopf.Body(raw))
+    annotated = {**raw, "metadata": {"name": "q", "annotations": {}}}
+    patch = kopf.Patch()
+    earlier.store(body=kopf.Body(annotated), patch=patch, essence=essence)
+    annotated["metadata"]["annotations"] = dict(patch["metadata"]["annotations"])
+    assert storage.fetch(body=kopf.Body(annotated)) == essence  # upgraded: no change seen
+    assert storage.build(body=kopf.Body(annotated)) == essence  # its annotation is ignored
+
+    patch = kopf.Patch()
+    storage.store(body=kopf.Body(raw), patch=patch, essence=essence)
+    assert set(patch) == {"status"}  # no metadata patch of its own
+    stored = {**raw, "status": dict(patch["status"])}
+    assert json.loads(stored["status"]["lastHandledConfiguration"]) == essence
+    assert storage.fetch(body=kopf.Body(stored)) == essence
