@@ -44,11 +44,12 @@ e2e: $(STAMP) $(HELM) controlplane
 chart: $(STAMP) $(HELM)
 	$(BIN)/pytest tests/chart
 
-## bench: run the benchmarks (minutes) and write docs/benchmarks.md
+## bench: run the benchmarks (about an hour) and write docs/benchmarks.md
 bench: $(STAMP) $(HELM) controlplane
 	$(BIN)/python -m compileall -q -o 2 $(VENV)/lib operator > /dev/null
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.handover
+	$(BIN)/python -m bench.realcp
 
 ## schema: regenerate the chart's values.schema.json from values.yaml
 schema: $(STAMP)

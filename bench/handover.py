@@ -14,7 +14,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import signal
 import statistics
 import sys
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import sections
 from tests.e2e.cluster import (
     DEMO_CREDENTIALS,
     OperatorProcess,
@@ -43,7 +43,6 @@ from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- handover -->", "<!-- /handover -->"
 # Distinct services (AlertsService is only another spelling of AlertService).
 SERVICES = [s for s in CALLBACK_SERVICE_NAMES if s != "AlertsService"][:10]
 QUIET_SECONDS = 3.0  # a new leader with no call for this long has resumed every resource
@@ -176,7 +175,6 @@ def trials_on(plane: Cluster, workdir: Path, args: argparse.Namespace) -> list[T
 
 def render(trials: list[Trial], args: argparse.Namespace) -> str:
     lines = [
-        BEGIN,
         "## Handover (leader election, real control plane)",
         "",
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
@@ -205,8 +203,7 @@ def render(trials: list[Trial], args: argparse.Namespace) -> str:
             f"| {statistics.median(calls):.0f} ({dict(of_kind[0].calls)}) | {bound} "
             f"| {max(t.calls['register'] for t in of_kind)} |"
         )
-    lines += ["", END]
-    return "\n".join(lines)
+    return sections.wrap("handover", "\n".join(lines) + "\n")
 
 
 def _median(values: list[float]) -> str:
@@ -214,22 +211,7 @@ def _median(values: list[float]) -> str:
 
 
 def write(section: str) -> None:
-    REPORT.write_text(with_section(REPORT.read_text(), section))
-
-
-def with_section(text: str, section: str) -> str:
-    """``text`` with its handover section replaced by ``section`` (or added before the
-    notes). bench.run uses it to keep the last handover figures when it rewrites the file."""
-    if BEGIN in text:
-        return re.sub(
-            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S
-        )
-    return text.replace("\n## Scenarios", f"\n{section}\n\n## Scenarios", 1)
-
-
-def section_of(text: str) -> str | None:
-    found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), text, flags=re.S)
-    return found.group(0) if found else None
+    REPORT.write_text(sections.with_section(REPORT.read_text(), "handover", section))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,12 +10,17 @@ docs/benchmarks.md for what each scenario measures and its lower bound.
 import argparse
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import datetime
+import itertools
+import json
 import os
 import platform
 import signal
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +28,11 @@ from typing import Any
 
 import aiohttp
 
-from bench import handover
+from bench import sections
 from tests.harness.demo import free_port, write_kubeconfig_to
 from tests.harness.kube import KubernetesEmulator, emulated_kubernetes
 from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.thingspace.ratelimit import RateLimiter
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,13 +161,14 @@ class Harness:
 
     async def start_operator(self, resync: float) -> None:
         kubeconfig = write_kubeconfig_to(self.workdir / "kubeconfig", self.kube_url)
+        self.metrics_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "THINGSPACE_API_URL": self.sim.url,
             "THINGSPACE_RESYNC_SECONDS": str(resync),
             "THINGSPACE_HEALTH_PORT": str(free_port()),
-            "THINGSPACE_METRICS_PORT": str(free_port()),
+            "THINGSPACE_METRICS_PORT": str(self.metrics_port),
             "THINGSPACE_LOG_LEVEL": "WARNING",
             "PYTHONOPTIMIZE": "2",  # as the image runs it (see the Dockerfile)
         }
@@ -179,17 +186,34 @@ class Harness:
             self.process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(self.process.wait(), 60)
 
-    def process_usage(self) -> tuple[float, float]:
-        """Peak RSS (MB) and CPU seconds of the operator process so far."""
+    def process_usage(self, field: str = "VmHWM") -> tuple[float, float]:
+        """Peak (VmHWM) or current (VmRSS) resident memory in MB, and CPU seconds, of the
+        operator process so far."""
         assert self.process is not None
         pid = self.process.pid
         status = Path(f"/proc/{pid}/status").read_text()
-        peak_kb = next(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
+        kb = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")
         )
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        return peak_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+        return kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+    async def resumed(self) -> int:
+        """Resources the operator has reconciled since it started (its metrics)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            async with aiohttp.ClientSession() as http, http.get(url) as response:
+                text = await response.text()
+        except aiohttp.ClientError:
+            return 0
+        return int(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("thingspace_reconciles_total{") and 'trigger="change"' in line
+            )
+        )
 
     def thingspace_calls(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -228,11 +252,15 @@ class Harness:
 
 async def wait_for(predicate: Any, limit: float) -> float:
     started = time.monotonic()
-    while not predicate():
+    while not await _value(predicate()):
         if time.monotonic() - started > limit:
             raise TimeoutError(f"not reached within {limit} s")
         await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+async def _value(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value
 
 
 @dataclass(frozen=True)
@@ -247,16 +275,18 @@ class Unrelated:
 async def scenario(
     n: int,
     accounts: int,
-    latency: float,
-    resync: float,
-    periods: int,
+    args: argparse.Namespace,
     drift: bool,
     workdir: Path,
     unrelated: Unrelated = Unrelated(),
+    periods: int | None = None,
 ) -> Result:
+    """S1 with the production drift period (no sweep while converging), then S6: a
+    restart over the converged fleet with the short period, and S2/S3 on that process."""
     result = Result(n, accounts)
     items = declared(n, accounts)
-    config = SimulatorConfig(latency_seconds=latency)
+    config = SimulatorConfig(latency_seconds=args.latency)
+    periods = args.periods if periods is None else periods
     async with SimulatorServer(config) as sim, emulated_kubernetes() as kube:
         harness = Harness(sim, kube, workdir)
         if unrelated.count:
@@ -264,45 +294,100 @@ async def scenario(
                 unrelated.count, unrelated.size, unrelated.namespaces
             )
             harness.reset_counts()  # so the wait below sees the operator's first request
-        await harness.start_operator(resync)
+        await harness.start_operator(args.converge_resync)
         try:
-            await wait_for(lambda: kube.verb_counts is not None, 30)  # operator is watching
-            await asyncio.sleep(1.0)  # let its initial listing finish
-            harness.reset_counts()
-            started = time.monotonic()
-            await harness.create(items)
-            await wait_for(lambda: harness.ready_count() == n, 60 + n * 0.2)
-            converge = time.monotonic() - started
-            calls = harness.thingspace_calls()
-            requests = harness.kube_requests()
-            bound = accounts * 3 + n  # token + login + list per account, one register each
-            result.figures["S1"] = {
-                "converge_seconds": converge,
-                "calls": calls,
-                "calls_total": sum(calls.values()),
-                "lower_bound": bound,
-                "kube_writes": await harness.settled_writes(),
-                "kube_requests_per_resource": {k: v / n for k, v in sorted(requests.items())},
+            result.figures["S1"] = await converge(harness, items, accounts)
+            rss, cpu = harness.process_usage()
+            idle = result.figures["S1"]["idle"]
+            result.figures["process"] = {
+                "peak_rss_mb": rss,
+                "cpu_seconds": cpu,
+                "idle_rss_mb": idle["rss_mb"],
+                "kb_per_resource": (rss - idle["rss_mb"]) * 1024 / n,
+                "cpu_ms_per_resource": (cpu - idle["cpu_seconds"]) * 1000 / n,
             }
-            if periods:  # S2: nothing changes for a few drift periods.
-                await asyncio.sleep(resync)  # the first period after convergence may settle
-                harness.reset_counts()
-                await asyncio.sleep(resync * periods)
-                calls = harness.thingspace_calls()
-                result.figures["S2"] = {
-                    "periods": periods,
-                    "calls_per_period": sum(calls.values()) / periods,
-                    "lists_per_period": calls.get("list", 0) / periods,
-                    "lower_bound": accounts,
-                    "kube_writes_per_period": harness.kube_writes() / periods,
-                }
+        finally:
+            await harness.stop_operator()
+        if not periods and not drift:
+            return result
+        try:
+            result.figures["S6"] = await restart(harness, n, accounts, args.resync)
+            if periods:
+                result.figures["S2"] = await steady(harness, accounts, args.resync, periods)
             if drift:
                 result.figures["S3"] = await drift_scenario(harness, items)
-            rss, cpu = harness.process_usage()
-            result.figures["process"] = {"peak_rss_mb": rss, "cpu_seconds": cpu}
         finally:
             await harness.stop_operator()
     return result
+
+
+async def converge(
+    harness: Harness, items: list[tuple[str, str, str]], accounts: int
+) -> dict[str, Any]:
+    n = len(items)
+    await wait_for(lambda: harness.kube.verb_counts is not None, 30)  # operator is watching
+    await asyncio.sleep(1.0)  # let its initial listing finish
+    rss, cpu = harness.process_usage("VmRSS")
+    harness.reset_counts()
+    started = time.monotonic()
+    await harness.create(items)
+    await wait_for(lambda: harness.ready_count() == n, 60 + n * 0.2)
+    converge_seconds = time.monotonic() - started
+    calls = harness.thingspace_calls()
+    writes = await harness.settled_writes() - n - 1  # less the creates and the Secret
+    requests = harness.kube_requests()
+    return {
+        "converge_seconds": converge_seconds,
+        "calls": calls,
+        "calls_total": sum(calls.values()),
+        # One credential set here: token + login once, one list per account, one register
+        # per resource.
+        "lower_bound": 2 + accounts + n,
+        "kube_writes": writes,
+        "kube_writes_per_resource": writes / n,
+        "kube_requests_per_resource": {k: v / n for k, v in sorted(requests.items())},
+        "idle": {"rss_mb": rss, "cpu_seconds": cpu},
+    }
+
+
+async def restart(harness: Harness, n: int, accounts: int, period: float) -> dict[str, Any]:
+    """S6: the operator starts over a converged fleet (an upgrade, a crash, a handover)."""
+    harness.reset_counts()
+    started = time.monotonic()
+    await harness.start_operator(period)
+
+    async def all_resumed() -> bool:
+        return await harness.resumed() >= n
+
+    limit = 60 + n * 0.05
+    with contextlib.suppress(TimeoutError):  # reported: how many had resumed by then
+        await wait_for(all_resumed, limit)
+    resumed = time.monotonic() - started
+    calls = harness.thingspace_calls()
+    return {
+        "resumed_seconds": resumed,
+        "resumed": await harness.resumed(),
+        "period": period,
+        "calls": calls,
+        "calls_total": sum(calls.values()),
+        "lower_bound": 2 + accounts,
+        "registers": calls.get("register", 0),
+        "kube_writes": await harness.settled_writes(),
+    }
+
+
+async def steady(harness: Harness, accounts: int, period: float, periods: int) -> dict[str, Any]:
+    await asyncio.sleep(period)  # the first period after the restart may settle
+    harness.reset_counts()
+    await asyncio.sleep(period * periods)
+    calls = harness.thingspace_calls()
+    return {
+        "periods": periods,
+        "calls_per_period": sum(calls.values()) / periods,
+        "lists_per_period": calls.get("list", 0) / periods,
+        "lower_bound": accounts,
+        "kube_writes_per_period": harness.kube_writes() / periods,
+    }
 
 
 async def drift_scenario(harness: Harness, items: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -326,13 +411,12 @@ async def drift_scenario(harness: Harness, items: list[tuple[str, str, str]]) ->
     }
 
 
-def sdk_peer(sim_url: str, items: list[tuple[str, str, str]]) -> None:
-    """What a team does without the operator: the official SDK, one call after another."""
+def sdk_client(sim_url: str) -> Any:
+    """The official SDK pointed at the simulator, with a token and a session."""
     from verizon.configuration import Configuration, Environment, Server
     from verizon.http.auth.thingspace_oauth import ThingspaceOauthCredentials
     from verizon.http.auth.vz_m2m_token import VZM2mTokenCredentials
     from verizon.models.log_in_request import LogInRequest
-    from verizon.models.register_callback_request import RegisterCallbackRequest
     from verizon.verizon_client import VerizonClient
 
     environment = Environment.MOCK_SERVER_FOR_LIMITED_AVAILABILITY_SEE_QUICK_START
@@ -349,60 +433,124 @@ def sdk_peer(sim_url: str, items: list[tuple[str, str, str]]) -> None:
     session = client.session_management.start_connectivity_management_session(
         LogInRequest(username=CREDENTIALS["username"], password=CREDENTIALS["password"])
     ).body
-    client = VerizonClient(
+    return VerizonClient(
         environment=environment,
         thingspace_oauth_credentials=oauth,
         vz_m2m_token_credentials=VZM2mTokenCredentials(session.session_token),
     )
-    for account, service, url in items:
-        client.connectivity_callbacks.register_callback(
-            account, RegisterCallbackRequest(name=service, url=url)
-        )
 
 
-async def peer(n: int, accounts: int, latency: float) -> dict[str, Any]:
+def sdk_register(client: Any, account: str, service: str, url: str) -> None:
+    from verizon.models.register_callback_request import RegisterCallbackRequest
+
+    client.connectivity_callbacks.register_callback(
+        account, RegisterCallbackRequest(name=service, url=url)
+    )
+
+
+def sdk_peer(sim_url: str, items: list[tuple[str, str, str]]) -> None:
+    """What a team does without the operator: the official SDK, one call after another."""
+    client = sdk_client(sim_url)
+    for item in items:
+        sdk_register(client, *item)
+
+
+def sdk_concurrent_peer(
+    sim_url: str, items: list[tuple[str, str, str]], in_flight: int, per_second: float
+) -> None:
+    """The official SDK driven as someone in a hurry would, under the operator's politeness
+    budget: per account at most ``in_flight`` calls at once and ``per_second`` calls per
+    second (the operator's own rate limiter), accounts in parallel."""
+    client = sdk_client(sim_url)
+    by_account: dict[str, list[tuple[str, str, str]]] = {}
+    for item in items:
+        by_account.setdefault(item[0], []).append(item)
+    budgets = {
+        account: (threading.BoundedSemaphore(in_flight), RateLimiter(per_second), threading.Lock())
+        for account in by_account
+    }
+
+    def register(item: tuple[str, str, str]) -> None:
+        slots, limiter, lock = budgets[item[0]]
+        with slots:
+            with lock:
+                delay = limiter.reserve()
+            time.sleep(delay)
+            sdk_register(client, *item)
+
+    # Round-robin over accounts, so no account's budget holds up the others' workers.
+    interleaved = [
+        item for batch in itertools.zip_longest(*by_account.values()) for item in batch if item
+    ]
+    workers = min(256, len(by_account) * in_flight)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(register, interleaved))
+
+
+async def peer(n: int, accounts: int, latency: float, concurrent_script: bool) -> dict[str, Any]:
+    items = declared(n, accounts)
     async with SimulatorServer(SimulatorConfig(latency_seconds=latency)) as sim:
         started = time.monotonic()
-        await asyncio.to_thread(sdk_peer, sim.url, declared(n, accounts))
+        if concurrent_script:
+            await asyncio.to_thread(sdk_concurrent_peer, sim.url, items, 4, 10.0)
+        else:
+            await asyncio.to_thread(sdk_peer, sim.url, items)
         seconds = time.monotonic() - started
-        calls = {}
+        calls: dict[str, int] = {}
         for (endpoint, _a, _s), count in sim.state.request_counts.items():
             calls[endpoint] = calls.get(endpoint, 0) + count
-    return {"seconds": seconds, "calls": calls, "calls_total": sum(calls.values())}
+        registered = sum(len(r) for r in sim.state.registrations.values())
+    if registered != n:
+        raise RuntimeError(f"the SDK peer registered {registered} of {n}")
+    return {
+        "n": n,
+        "accounts": accounts,
+        "concurrent": concurrent_script,
+        "seconds": seconds,
+        "calls": calls,
+        "calls_total": sum(calls.values()),
+    }
 
 
-def render(results: list[Result], peer_figures: dict[str, Any], args: argparse.Namespace) -> str:
+def render(results: list[Result], peers: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    main_runs = [r for r in results if r.unrelated is None]
     lines = [
         "# Benchmarks",
         "",
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}); "
-        f"simulator latency {args.latency * 1000:.0f} ms per call, drift period {args.resync} s, "
+        f"simulator latency {args.latency * 1000:.0f} ms per call; drift period "
+        f"{args.converge_resync:g} s while converging (the default: no sweep runs during S1), "
+        f"{args.resync:g} s after the restart (S6, S2, S3); "
         f"`python -m bench.run {' '.join(sys.argv[1:])}`.",
         "",
-        "The operator runs as a real process (`thingspace-operator run`) against the ThingSpace "
-        "simulator and the emulated Kubernetes API, both served by the benchmark process over "
-        "HTTP on this machine. Lower bounds: S1 = accounts x (token + login + list) + N "
-        "registrations; S2 = one list per account per period and zero Kubernetes writes.",
+        "The operator runs as a real process (`thingspace-operator run`, bytecode and "
+        "`PYTHONOPTIMIZE=2` as in the image) against the ThingSpace simulator and the "
+        "emulated Kubernetes API, both served by the benchmark process over HTTP on this "
+        "machine. Tight bounds, with one credential set: S1 = token + login + one list per "
+        "account + one register per resource; S6 = token + login + one list per account; "
+        "S2 = one list per account per period and zero Kubernetes writes.",
         "",
-        "| N | accounts | S1 converge (s) | S1 ThingSpace calls | S1 bound | ratio "
-        "| S2 calls/period | S2 bound | S2 k8s writes/period | peak RSS (MB) | CPU (s) |",
+        "| N | accounts | S1 converge (s) | ThingSpace calls | tight bound | ratio "
+        "| k8s writes per resource | peak RSS (MB) | idle RSS (MB) | KB per resource "
+        "| CPU ms per resource |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in (r for r in results if r.unrelated is None):
-        s1, s2, p = r.figures["S1"], r.figures["S2"], r.figures["process"]
+    for r in main_runs:
+        s1, p = r.figures["S1"], r.figures["process"]
         lines.append(
             f"| {r.n} | {r.accounts} | {s1['converge_seconds']:.1f} | {s1['calls_total']} "
-            f"| {s1['lower_bound']} | {s1['calls_total'] / s1['lower_bound']:.2f} "
-            f"| {s2['calls_per_period']:.1f} | {s2['lower_bound']} "
-            f"| {s2['kube_writes_per_period']:.1f} | {p['peak_rss_mb']:.0f} "
-            f"| {p['cpu_seconds']:.1f} |"
+            f"| {s1['lower_bound']} | {s1['calls_total'] / s1['lower_bound']:.3f} "
+            f"| {s1['kube_writes_per_resource']:.2f} | {p['peak_rss_mb']:.0f} "
+            f"| {p['idle_rss_mb']:.0f} | {p['kb_per_resource']:.1f} "
+            f"| {p['cpu_ms_per_resource']:.2f} |"
         )
     lines += ["", "S1 ThingSpace calls by endpoint and Kubernetes requests per resource:", ""]
-    for r in (r for r in results if r.unrelated is None):
+    for r in main_runs:
         s1 = r.figures["S1"]
-        kube = ", ".join(f"{k} {v:.1f}" for k, v in s1["kube_requests_per_resource"].items())
+        kube = ", ".join(f"{k} {v:.2f}" for k, v in s1["kube_requests_per_resource"].items())
         lines.append(f"- N={r.n}: {s1['calls']}; Kubernetes per resource: {kube}")
+    lines += render_restart(main_runs)
     drift = [r for r in results if "S3" in r.figures]
     if drift:
         lines += [
@@ -417,19 +565,65 @@ def render(results: list[Result], peer_figures: dict[str, Any], args: argparse.N
                 f"| {s3['register_calls']} | {sum(s3['calls'].values())} |"
             )
     lines += render_s5(results, args)
-    if peer_figures:
-        base = next(r for r in results if r.n == peer_figures["n"] and r.unrelated is None)
-        ratio = base.figures["S1"]["converge_seconds"] / peer_figures["seconds"]
-        lines += [
-            "",
-            f"Peer at N={peer_figures['n']}: the official Verizon SDK "
-            "(`sdksio-verizon-apis-sdk`) registering the same callbacks one after another "
-            f"took {peer_figures['seconds']:.1f} s and {peer_figures['calls_total']} calls "
-            f"({peer_figures['calls']}); the operator converged in "
-            f"{base.figures['S1']['converge_seconds']:.1f} s "
-            f"(ratio operator/SDK {ratio:.2f}).",
-        ]
+    lines += render_peers(main_runs, peers)
     return "\n".join(lines) + "\n"
+
+
+def render_restart(results: list[Result]) -> list[str]:
+    """S6 and S2: the restarted operator over the converged fleet."""
+    rows = [r for r in results if "S6" in r.figures]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "S6 restart over the converged fleet, then S2 steady state on that process. Resumed: "
+        "from the start of the process until every resource was reconciled (the operator's "
+        "`thingspace_reconciles_total`); each resume compares the resource with the live list.",
+        "",
+        "| N | S6 resumed (s) | within one period | S6 calls | S6 bound | S6 registers "
+        "| S6 k8s writes | S2 calls/period | S2 bound | S2 k8s writes/period |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s6, s2 = r.figures["S6"], r.figures.get("S2", {})
+        within = "yes" if s6["resumed_seconds"] <= s6["period"] else "no"
+        seconds = f"{s6['resumed_seconds']:.1f}"
+        if s6["resumed"] < r.n:
+            seconds = f"only {s6['resumed']} of {r.n} after {seconds}"
+        lines.append(
+            f"| {r.n} | {seconds} | {within} | {s6['calls_total']} "
+            f"({s6['calls']}) | {s6['lower_bound']} | {s6['registers']} | {s6['kube_writes']} "
+            f"| {s2.get('calls_per_period', 0):.1f} | {s2.get('lower_bound', '-')} "
+            f"| {s2.get('kube_writes_per_period', 0):.1f} |"
+        )
+    return lines
+
+
+def render_peers(results: list[Result], peers: list[dict[str, Any]]) -> list[str]:
+    if not peers:
+        return []
+    lines = [
+        "",
+        "Peers: the official Verizon SDK (`sdksio-verizon-apis-sdk`) registering the same "
+        "callbacks against the same simulator: one after another, and concurrently under "
+        "the operator's politeness budget (per account at most 4 calls in flight and 10 calls "
+        "per second, with the operator's own rate limiter; accounts in parallel). The SDK "
+        "writes nothing to Kubernetes; the operator also writes finalizers, status and Events.",
+        "",
+        "| N | accounts | SDK script | SDK (s) | SDK calls | operator S1 (s) | operator / SDK |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for figures in peers:
+        base = next((r for r in results if r.n == figures["n"]), None)
+        if base is None:
+            continue
+        converge = base.figures["S1"]["converge_seconds"]
+        kind = "concurrent, same budget" if figures["concurrent"] else "sequential"
+        lines.append(
+            f"| {figures['n']} | {figures['accounts']} | {kind} | {figures['seconds']:.1f} "
+            f"| {figures['calls_total']} | {converge:.1f} | {converge / figures['seconds']:.2f} |"
+        )
+    return lines
 
 
 async def crowded_cluster(args: argparse.Namespace, workdir: Path) -> list[Result]:
@@ -441,9 +635,7 @@ async def crowded_cluster(args: argparse.Namespace, workdir: Path) -> list[Resul
     for trial in range(args.s5_trials):
         for unrelated in (Unrelated(), crowd):
             print(f"scenario S5 N={args.n} unrelated={unrelated.count} #{trial + 1}", flush=True)
-            result = await scenario(
-                args.n, accounts, args.latency, args.resync, 0, False, workdir, unrelated
-            )
+            result = await scenario(args.n, accounts, args, False, workdir, unrelated, periods=0)
             result.unrelated = unrelated.count
             runs[unrelated.count].append(result)
     return [
@@ -487,79 +679,88 @@ def render_s5(results: list[Result], args: argparse.Namespace) -> list[str]:
     ]
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> tuple[list[Result], list[dict[str, Any]]]:
     workdir = ROOT / ".bench"
     workdir.mkdir(exist_ok=True)
     results = []
     for n in args.scales:
         accounts = accounts_for(n, args.accounts)
         print(f"scenario N={n} accounts={accounts} ...", flush=True)
-        results.append(
-            await scenario(
-                n,
-                accounts,
-                args.latency,
-                args.resync,
-                args.periods,
-                drift=n == args.n,
-                workdir=workdir,
-            )
-        )
+        results.append(await scenario(n, accounts, args, drift=n == args.n, workdir=workdir))
+        print(json.dumps(results[-1].figures, default=str), flush=True)  # in case a later one fails
     if args.s5_secrets:
         results += await crowded_cluster(args, workdir)
-    peer_figures = await peer(args.n, accounts_for(args.n, args.accounts), args.latency)
-    peer_figures["n"] = args.n
-    report = render(results, peer_figures, args)
+    peers = []
+    for n in args.peer_scales:
+        for concurrent_script in (False, True):
+            print(f"peer N={n} concurrent={concurrent_script} ...", flush=True)
+            peers.append(
+                await peer(n, accounts_for(n, args.accounts), args.latency, concurrent_script)
+            )
+    report = render(results, peers, args)
     print(report)
     if args.write:
         target = ROOT / "docs" / "benchmarks.md"
         text = report + METHOD_NOTES
-        kept = handover.section_of(target.read_text()) if target.exists() else None
-        target.write_text(handover.with_section(text, kept) if kept else text)
+        old = target.read_text() if target.exists() else ""
+        target.write_text(sections.keeping_sections(text, old))
+    return results, peers
 
 
 METHOD_NOTES = """
 ## Scenarios
 
-- **S1 converge**: N resources over M accounts created at once; time until all are Ready;
-  ThingSpace calls by endpoint; Kubernetes API requests per resource by verb (the `GET`
-  count includes the long-lived watch requests); operator peak RSS and CPU seconds.
-- **S2 steady state**: a few drift periods with nothing changed: ThingSpace calls per period
-  and Kubernetes writes per period.
+- **S1 converge**: N resources over M accounts created at once, with the default drift
+  period (no sweep runs while converging); time until all are Ready; ThingSpace calls by
+  endpoint against the tight bound; Kubernetes writes per resource (finalizer, status,
+  Event) and requests per resource by verb (the `GET` count includes the long-lived watch
+  requests); the operator's peak and idle RSS, memory and CPU per resource.
+- **S6 restart**: the operator stopped (SIGTERM) and started again over the converged fleet,
+  as in an upgrade, a crash or a leader handover: time until every resource was resumed,
+  ThingSpace calls (bound: token + login + one list per account, no register) and
+  Kubernetes writes (bound: zero).
+- **S2 steady state**: on the restarted process, a few drift periods with nothing changed:
+  ThingSpace calls per period and Kubernetes writes per period.
 - **S3 drift**: 10 % of the registrations changed out of band; time until all are corrected.
   Drift checks run at the start of each drift period, so this time is up to one period
   plus the correction, depending on where in the period the change lands.
-- **S4 scale**: S1 and S2 at several N.
-- **S5 crowded cluster**: S1 and S2 at N again, in a cluster that also holds thousands of
+- **S4 scale**: S1, S6 and S2 at several N.
+- **S5 crowded cluster**: S1 at N again, in a cluster that also holds thousands of
   large Secrets no resource references (Helm release records), created before the operator
   starts; compared with the same run without them.
-- **Peer**: the official SDK registering the same N callbacks sequentially against the same
-  simulator with the same latency.
+- **Peers**: the official SDK registering the same N callbacks against the same simulator
+  with the same latency, sequentially and concurrently under the operator's budget.
 - **Handover** (`python -m bench.handover`, on the real control plane): two operator
   processes over a converged fleet; the leader stopped with SIGTERM (rolling upgrade,
   drain) or kill -9 (lost node); time until the standby holds the Lease and makes its first
   ThingSpace call, and every call it makes while it resumes the fleet.
 
 Run with `make bench` (defaults) or `python -m bench.run --help` (`python -m bench.handover
---help` for the handover). A tiny version runs in
-the test suite (`tests/integration/test_bench_smoke.py`) so the harness cannot rot. What the
-figures mean, what they changed and what is still off target: [performance.md](performance.md).
+--help` for the handover). A tiny version runs in the test suite
+(`tests/integration/test_bench_smoke.py`) so the harness cannot rot. What the figures mean,
+what they changed and what is still off target: [performance.md](performance.md).
 
 Accounts: ThingSpace holds one registration per account and callback service (23 names),
 so N resources need at least N / 23 accounts; the harness raises M to that when needed
-(N=1000 runs over 44 accounts, N=5000 over 218).
+(N=1000 runs over 44 accounts, N=5000 over 218, N=10000 over 435).
 """
+
+
+def sizes(value: str) -> list[int]:
+    return [int(item) for item in value.split(",")]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1000, help="resources for S1-S3 and the peer")
     parser.add_argument("--accounts", type=int, default=20)
-    parser.add_argument(
-        "--scales", type=lambda v: [int(x) for x in v.split(",")], default=[100, 1000, 5000]
-    )
+    parser.add_argument("--scales", type=sizes, default=[100, 1000, 5000, 10000])
+    parser.add_argument("--peer-scales", type=sizes, default=[1000, 5000])
     parser.add_argument("--latency", type=float, default=0.025)
-    parser.add_argument("--resync", type=float, default=10.0)
+    parser.add_argument(
+        "--converge-resync", type=float, default=300.0, help="drift period while converging"
+    )
+    parser.add_argument("--resync", type=float, default=10.0, help="drift period from S6 on")
     parser.add_argument("--periods", type=int, default=3)
     parser.add_argument("--s5-secrets", type=int, default=2000, help="unrelated Secrets (S5)")
     parser.add_argument("--s5-size", type=int, default=256 * 1024, help="bytes each (S5)")
@@ -569,14 +770,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no docs written")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.n, args.accounts, args.scales, args.resync, args.periods, args.write = (
-            6,
-            2,
-            [6],
-            1.0,
-            2,
-            False,
-        )
+        args.n, args.accounts, args.scales, args.peer_scales = 6, 2, [6], [6]
+        args.converge_resync, args.resync, args.periods, args.write = 60.0, 1.0, 2, False
         args.s5_secrets, args.s5_size, args.s5_namespaces, args.s5_trials = 10, 4096, 3, 1
     if args.n not in args.scales:
         args.scales = sorted({*args.scales, args.n})

@@ -350,14 +350,14 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    # Resources wait on shared per-account lists and budgets, not on CPU, so many run at
-    # once; but each in-flight resource holds a worker, a body and a connection, and kopf
-    # keeps an idle worker for idle_timeout. 500 workers released after 1 s converge as fast
-    # as 1000 kept for kopf's default 5 s, in less memory (docs/performance.md).
+    # No worker limit: at startup each object's worker indexes it and then waits until every
+    # object is indexed, so with a limit below the number of objects the workers wait on
+    # objects that never get one (a restart over 1000 resources hung with 500 workers).
+    # Workers are released after 1 s idle instead of kopf's 5 s (docs/performance.md).
     # On shutdown, calls in flight get 1 s to finish, then are abandoned (as safe as a
     # crash: the next leader lists before it writes); the Lease is released sooner.
     settings.queueing.exit_timeout = 1.0
-    settings.queueing.worker_limit = 500
+    settings.queueing.worker_limit = None
     settings.queueing.idle_timeout = 1.0
     settings.posting.level = logging.INFO  # only our explicit Events are posted
     # No watch of every CRD and namespace of the cluster (their bodies cost memory that
