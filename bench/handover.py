@@ -17,27 +17,16 @@ import platform
 import signal
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import sections
-from tests.e2e.cluster import (
-    DEMO_CREDENTIALS,
-    OperatorProcess,
-    Release,
-    Simulator,
-    apply,
-    callback_manifest,
-    eventually,
-    remove_callbacks,
-    secret_manifest,
-)
-from tests.e2e.controlplane import Cluster, ControlPlane, ensure_binary
+from bench.stage import Stage, on_a_plane
+from tests.e2e.cluster import OperatorProcess, eventually, remove_callbacks
+from tests.e2e.controlplane import Cluster
 from tests.e2e.proxies import Candidate, LoopThread, RecordingProxy
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
@@ -57,45 +46,27 @@ class Trial:
     calls: Counter[str]  # the new leader's ThingSpace calls until it went quiet
 
 
-class Bench:
+class Bench(Stage):
     def __init__(self, plane: Cluster, workdir: Path, args: argparse.Namespace) -> None:
-        self.plane, self.workdir, self.n = plane, workdir, args.n
-        self.sim = Simulator(workdir)
-        self.loop = LoopThread()
-        suffix = uuid.uuid4().hex[:6]
-        self.team = f"handover-team-{suffix}"
-        plane.kubectl("create", "namespace", self.team)
-        apply(plane, secret_manifest("thingspace-credentials", self.team, DEMO_CREDENTIALS))
-        self.release = Release(plane, f"handover-system-{suffix}", name=f"tso-{suffix}")
-        self.release.install(
-            "--set", "watchNamespaces={" + self.team + "}",
+        super().__init__(
+            plane, workdir, "handover",
             "--set", f"leaderElection.leaseDurationSeconds={args.lease_duration}",
             "--set", f"leaderElection.renewDeadlineSeconds={args.renew_deadline}",
             "--set", f"leaderElection.retryPeriodSeconds={args.retry_period}",
         )  # fmt: skip
+        self.n = args.n
+        self.loop = LoopThread()
 
     def candidate(self) -> Candidate:
         proxy = RecordingProxy(self.loop, self.sim.url)
         process = OperatorProcess(self.release, self.sim, self.workdir, thingspace_url=proxy.url)
         return Candidate(process.start(), proxy)
 
-    def declare(self) -> None:
-        manifests = []
-        for index in range(self.n):
-            account = f"{8000000000 + index // len(SERVICES):010d}-00001"
-            service = SERVICES[index % len(SERVICES)]
-            manifests.append(
-                callback_manifest(f"cb-{index}", self.team, account, serviceName=service)
-            )
-        apply(self.plane, *manifests)
+    def declare_fleet(self) -> None:
+        self.declare(self.n, SERVICES, 8000000000)
 
     def all_ready(self) -> bool:
-        items = self.plane.kubectl_json("-n", self.team, "get", "tscb")["items"]
-        ready = [
-            c for item in items for c in (item.get("status") or {}).get("conditions") or ()
-            if c["type"] == "Ready" and c["status"] == "True"
-        ]  # fmt: skip
-        return len(ready) == self.n
+        return self.ready() == self.n
 
     def standby_of(self, leader: Candidate) -> Candidate:
         """A new standby, once it knows the leader and the leader is in steady state."""
@@ -117,7 +88,7 @@ class Bench:
         return Trial(kind, takeover, first_call - stopped, old_exit, calls)
 
     def close(self) -> None:
-        self.sim.stop()
+        super().close()
         self.loop.stop()
 
 
@@ -138,12 +109,7 @@ def _endpoint(method: str, path: str) -> str:
 
 def run(args: argparse.Namespace, plane: Cluster | None = None) -> list[Trial]:
     """The trials, on ``plane`` or on a control plane of their own."""
-    with tempfile.TemporaryDirectory(prefix="handover-") as tmp:
-        workdir = Path(tmp)
-        if plane is not None:
-            return trials_on(plane, workdir, args)
-        with ControlPlane(ensure_binary(), workdir / "plane") as own:
-            return trials_on(own, workdir, args)
+    return on_a_plane(lambda cluster, workdir: trials_on(cluster, workdir, args), plane, "handover")
 
 
 def trials_on(plane: Cluster, workdir: Path, args: argparse.Namespace) -> list[Trial]:
@@ -153,7 +119,7 @@ def trials_on(plane: Cluster, workdir: Path, args: argparse.Namespace) -> list[T
         leader = bench.candidate()
         processes.append(leader)
         eventually(leader.leading, 30)
-        bench.declare()
+        bench.declare_fleet()
         eventually(bench.all_ready, 300)
         trials = []
         for kind in ["SIGTERM", "kill -9"] * args.trials:

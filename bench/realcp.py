@@ -14,28 +14,17 @@ import datetime
 import os
 import platform
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import sections
-from tests.e2e.cluster import (
-    DEMO_CREDENTIALS,
-    OperatorProcess,
-    Release,
-    Simulator,
-    apply,
-    callback_manifest,
-    eventually,
-    remove_callbacks,
-    secret_manifest,
-)
-from tests.e2e.controlplane import Cluster, ControlPlane, ensure_binary
+from bench import metrics, sections
+from bench.stage import Stage, on_a_plane
+from tests.e2e.cluster import OperatorProcess, eventually, remove_callbacks
+from tests.e2e.controlplane import Cluster
 from tests.e2e.rbac import used_requests
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
@@ -53,7 +42,7 @@ class Phase:
 
     @property
     def writes(self) -> int:
-        return sum(n for verb, n in self.verbs.items() if verb in WRITE_VERBS)
+        return _writes(self.verbs)
 
 
 @dataclass
@@ -67,20 +56,14 @@ class Figures:
     steady_writes_per_period: float
 
 
-class Run:
+class Run(Stage):
     def __init__(self, plane: Cluster, workdir: Path, args: argparse.Namespace) -> None:
-        self.plane, self.workdir, self.args = plane, workdir, args
-        self.accounts = -(-args.n // len(SERVICES))
-        self.sim = Simulator(workdir)
-        suffix = uuid.uuid4().hex[:6]
-        self.team = f"realcp-team-{suffix}"
-        plane.kubectl("create", "namespace", self.team)
-        apply(plane, secret_manifest("thingspace-credentials", self.team, DEMO_CREDENTIALS))
-        self.release = Release(plane, f"realcp-system-{suffix}", name=f"tso-{suffix}")
-        self.release.install(
-            "--set", "watchNamespaces={" + self.team + "}",
+        super().__init__(
+            plane, workdir, "realcp",
             "--set", "leaderElection.enabled=false", "--set", "replicaCount=1",
         )  # fmt: skip
+        self.args = args
+        self.accounts = -(-args.n // len(SERVICES))
         self.user = f"system:serviceaccount:{self.release.namespace}:{self.release.service_account}"
 
     def operator(self, resync: float) -> OperatorProcess:
@@ -88,27 +71,9 @@ class Run:
             self.release, self.sim, self.workdir, THINGSPACE_RESYNC_SECONDS=f"{resync:g}"
         )
 
-    def declare(self) -> None:
+    def declare_fleet(self) -> None:
         per_account = -(-self.args.n // self.accounts)
-        manifests = [
-            callback_manifest(
-                f"cb-{index}",
-                self.team,
-                f"{8100000000 + index // per_account:010d}-00001",
-                serviceName=SERVICES[index % per_account],
-            )
-            for index in range(self.args.n)
-        ]
-        apply(self.plane, *manifests)
-
-    def ready(self) -> int:
-        items = self.plane.kubectl_json("-n", self.team, "get", "tscb")["items"]
-        return sum(
-            1
-            for item in items
-            for c in (item.get("status") or {}).get("conditions") or ()
-            if c["type"] == "Ready" and c["status"] == "True"
-        )
+        self.declare(self.args.n, SERVICES[:per_account], 8100000000)
 
     def calls(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -131,24 +96,15 @@ class Run:
                 return after
             before = after
 
-    def close(self) -> None:
-        self.sim.stop()
-
 
 def _writes(verbs: Counter[str]) -> int:
     return sum(n for verb, n in verbs.items() if verb in WRITE_VERBS)
 
 
-def resumed(process: OperatorProcess) -> float:
-    """Resources reconciled since the process started (its thingspace_reconciles_total)."""
+def resumed(process: OperatorProcess) -> int:
     url = f"http://127.0.0.1:{process.env['THINGSPACE_METRICS_PORT']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith("thingspace_reconciles_total{") and 'trigger="change"' in line
-    )
+        return metrics.resumed(response.read().decode())
 
 
 def measure(plane: Cluster, workdir: Path, args: argparse.Namespace) -> Figures:
@@ -159,7 +115,7 @@ def measure(plane: Cluster, workdir: Path, args: argparse.Namespace) -> Figures:
         # S1: the fleet declared at once, with the default drift period.
         run.sim.request("DELETE", "requests")
         started = time.monotonic()
-        run.declare()
+        run.declare_fleet()
         eventually(lambda: run.ready() == args.n, 60 + args.n * 0.3, "all Ready")
         converge = Phase(time.monotonic() - started, run.calls(), run.settle(operator))
         operator.stop()
@@ -192,12 +148,7 @@ def measure(plane: Cluster, workdir: Path, args: argparse.Namespace) -> Figures:
 
 
 def run_on(args: argparse.Namespace, plane: Cluster | None = None) -> Figures:
-    with tempfile.TemporaryDirectory(prefix="realcp-") as tmp:
-        workdir = Path(tmp)
-        if plane is not None:
-            return measure(plane, workdir, args)
-        with ControlPlane(ensure_binary(), workdir / "plane") as own:
-            return measure(own, workdir, args)
+    return on_a_plane(lambda cluster, workdir: measure(cluster, workdir, args), plane, "realcp")
 
 
 def render(figures: Figures, args: argparse.Namespace) -> str:

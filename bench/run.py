@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import sections
+from bench import metrics, sections
 from tests.harness.demo import free_port, write_kubeconfig_to
 from tests.harness.kube import KubernetesEmulator, emulated_kubernetes
 from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
@@ -207,13 +207,7 @@ class Harness:
                 text = await response.text()
         except aiohttp.ClientError:
             return 0
-        return int(
-            sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("thingspace_reconciles_total{") and 'trigger="change"' in line
-            )
-        )
+        return metrics.resumed(text)
 
     def thingspace_calls(self) -> dict[str, int]:
         totals: dict[str, int] = {}

@@ -114,12 +114,11 @@ def test_export_apply_adopts_with_zero_writes_and_the_plugin_reports_status(
         assert f"ACCOUNT {account_name}" in text.stdout
         assert "listener-secret" not in text.stdout
 
-        (out / "account.yaml").write_text(yaml.safe_dump(account))
-        credentials = tmp_path / "credentials.yaml"
-        credentials.write_text(yaml.safe_dump(secret_manifest("c", team, DEMO_CREDENTIALS)))
+        # diff as export read it: the account and its credentials from the cluster.
         planned = kubectl(
-            plane, sim, "thingspace", "diff", "-f", str(out), "--credentials-file", str(credentials)
-        )
+            plane, sim, "thingspace", "diff", "-f", str(out),
+            "--account-ref", fleet, "--operator-namespace", release.namespace,
+        )  # fmt: skip
         assert planned.returncode == 0, planned.stdout + planned.stderr
         assert "keep" in planned.stdout  # DeviceUsage: declared nowhere, left alone
     finally:

@@ -103,6 +103,28 @@ def callback_secret(name: str, username: str, password: str) -> dict[str, Any]:
     }
 
 
+def fleet_account(**spec: Any) -> dict[str, Any]:
+    """The ThingSpaceAccount "fleet" of ACCOUNT."""
+    return {
+        "apiVersion": "thingspace.io/v1alpha1",
+        "kind": "ThingSpaceAccount",
+        "metadata": {"name": "fleet"},
+        "spec": {
+            "accountName": ACCOUNT,
+            "credentialsSecretRef": {"name": "platform-credentials"},
+            **spec,
+        },
+    }
+
+
+def qos_by_ref() -> dict[str, Any]:
+    """A QoS callback in namespace team that names its account through "fleet"."""
+    manifest = callback("qos", "QoS", "https://listener.example.com/qos")
+    del manifest["spec"]["accountName"], manifest["spec"]["credentialsSecretRef"]
+    manifest["spec"]["accountRef"] = {"name": "fleet"}
+    return manifest
+
+
 async def writes(control: SimControl) -> int:
     counts = await control.counts()
     return sum(n for (endpoint, _), n in counts.items() if endpoint in ("register", "deregister"))
@@ -337,23 +359,8 @@ async def test_diff_shows_url_and_masked_credential_changes(
 async def test_diff_of_an_authoritative_account_prunes_and_resolves_account_refs(
     sim: Any, control: SimControl, tmp_path: Path
 ) -> None:
-    account = {
-        "apiVersion": "thingspace.io/v1alpha1",
-        "kind": "ThingSpaceAccount",
-        "metadata": {"name": "fleet"},
-        "spec": {
-            "accountName": ACCOUNT,
-            "credentialsSecretRef": {"name": "platform-credentials"},
-            "callbackPolicy": "Authoritative",
-            "namespaces": ["team"],
-        },
-    }
-    by_ref = callback("qos", "QoS", "https://listener.example.com/qos")
-    by_ref["spec"] = {
-        k: v for k, v in by_ref["spec"].items() if k not in ("accountName", "credentialsSecretRef")
-    }
-    by_ref["spec"]["accountRef"] = {"name": "fleet"}
-    path = write(tmp_path / "m.yaml", account, by_ref)
+    account = fleet_account(callbackPolicy="Authoritative", namespaces=["team"])
+    path = write(tmp_path / "m.yaml", account, qos_by_ref())
     done = await tool(sim.url, "diff", "-f", str(path), "-o", "json")
     assert done.code == 2
     assert done.steps() == {(ACCOUNT, "QoS"): "in-sync", (ACCOUNT, "CarrierService"): "deregister"}
@@ -471,20 +478,8 @@ async def test_diff_of_nothing_is_an_error(sim: Any, control: SimControl, tmp_pa
 async def test_diff_checks_the_accounts_namespaces_as_the_operator_does(
     sim: Any, control: SimControl, tmp_path: Path
 ) -> None:
-    account = {
-        "apiVersion": "thingspace.io/v1alpha1",
-        "kind": "ThingSpaceAccount",
-        "metadata": {"name": "fleet"},
-        "spec": {
-            "accountName": ACCOUNT,
-            "credentialsSecretRef": {"name": "platform-credentials"},
-            "namespaces": ["other-team"],
-        },
-    }
-    by_ref = callback("qos", "QoS", "https://listener.example.com/qos")
-    del by_ref["spec"]["accountName"], by_ref["spec"]["credentialsSecretRef"]
-    by_ref["spec"]["accountRef"] = {"name": "fleet"}
-    done = await tool(sim.url, "diff", "-f", str(write(tmp_path / "m.yaml", account, by_ref)))
+    account = fleet_account(namespaces=["other-team"])
+    done = await tool(sim.url, "diff", "-f", str(write(tmp_path / "m.yaml", account, qos_by_ref())))
     assert done.code == 1
     assert "does not allow namespace team" in done.out
 

@@ -26,6 +26,7 @@ from . import diff, export, status
 from .manifests import ManifestError, dump, load
 from .sources import (
     DEFAULT_SECRET_NAME,
+    ClusterAccount,
     Credentials,
     SourceError,
     from_cluster,
@@ -94,6 +95,17 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--context", help="kubeconfig context to use")
 
 
+def _account_ref_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--account-ref",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a ThingSpaceAccount in the cluster (kubeconfig): its account and credentials; "
+        f"{what}",
+    )
+
+
 def _add_export(commands: "argparse._SubParsersAction[Any]") -> None:
     parser = commands.add_parser(
         "export",
@@ -104,14 +116,7 @@ def _add_export(commands: "argparse._SubParsersAction[Any]") -> None:
     parser.add_argument(
         "--account", action="append", default=[], metavar="NAME", help="billing account"
     )
-    parser.add_argument(
-        "--account-ref",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a ThingSpaceAccount in the cluster (kubeconfig): its account and credentials; "
-        "the manifests then use accountRef",
-    )
+    _account_ref_option(parser, "the manifests then use accountRef")
     parser.add_argument("--namespace", "-n", help="metadata.namespace of the manifests")
     parser.add_argument(
         "--credentials-secret",
@@ -169,8 +174,10 @@ def _add_diff(commands: "argparse._SubParsersAction[Any]", name: str) -> None:
         help="log in with the credentials Secrets found among the manifests (each account's "
         "credentialsSecretRef) when neither --credentials-file nor THINGSPACE_* is given",
     )
+    _account_ref_option(parser, "accountRef manifests resolve through it (repeatable)")
     parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
     _thingspace_options(parser)
+    _cluster_options(parser)
     parser.set_defaults(handler=run_diff)
 
 
@@ -220,8 +227,9 @@ def run_export(args: argparse.Namespace) -> int:
     if args.account_ref:
         api = _kubernetes(args)
         for name in args.account_ref:
-            spec, found = from_cluster(api, name, args.operator_namespace)
-            wanted[spec.account_name], refs[spec.account_name] = found.values, name
+            found = from_cluster(api, name, args.operator_namespace)
+            account = found.spec.account_name
+            wanted[account], refs[account] = found.credentials.values, name
     if not wanted:
         raise CommandError("name at least one --account or --account-ref")
     live = asyncio.run(read_live(args.api_url, wanted.items(), args.timeout))
@@ -276,6 +284,8 @@ def _warn_about_credentials(exported: list[export.Exported], included: bool) -> 
 
 def run_diff(args: argparse.Namespace) -> int:
     manifests = load(args.filename)
+    from_the_cluster = _cluster_accounts(args, {m.name for m in manifests.accounts})
+    manifests.accounts += [found.manifest for found in from_the_cluster]
     if not (manifests.callbacks or manifests.accounts or args.account):
         raise CommandError("no ThingSpaceCallback or ThingSpaceAccount in the given files")
     given = _given_credentials(args, os.environ)
@@ -289,11 +299,22 @@ def run_diff(args: argparse.Namespace) -> int:
     resolution.accounts.update(args.account)
     if given is not None:
         resolution.credentials.update(dict.fromkeys(args.account, given.values))
+    for found in from_the_cluster:  # its own Secret, unless credentials were given
+        resolution.credentials.setdefault(found.spec.account_name, found.credentials.values)
     wanted = [(a, c) for a, c in resolution.credentials.items() if a in resolution.accounts]
     live = asyncio.run(read_live(args.api_url, wanted, args.timeout)) if wanted else {}
     rows = diff.plan(resolution, live, prune=args.prune)
     sys.stdout.write(diff.as_json(rows) + "\n" if args.output == "json" else diff.as_table(rows))
     return diff.exit_code(rows)
+
+
+def _cluster_accounts(args: argparse.Namespace, in_files: set[str]) -> list[ClusterAccount]:
+    """The ``--account-ref`` accounts the files do not hold, read from the cluster."""
+    names = [name for name in args.account_ref if name not in in_files]
+    if not names:
+        return []
+    api = _kubernetes(args)
+    return [from_cluster(api, name, args.operator_namespace) for name in names]
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -166,8 +166,8 @@ def _resolve_ref(name: str, accounts: Mapping[str, AccountSpec], namespace: str)
     account = accounts.get(name)
     if account is None:
         raise InvalidSpec(
-            f"ThingSpaceAccount {name} is not in the given files (add it: "
-            f"kubectl get tsa {name} -o yaml > {name}.yaml)"
+            f"ThingSpaceAccount {name} is not in the given files (add it, or read it from "
+            f"the cluster with --account-ref {name})"
         )
     if account.allows(namespace, None):
         return account.account_name, ""

@@ -20,7 +20,7 @@ from ..model import GROUP, VERSION
 from ..thingspace.client import ClientPool
 from ..thingspace.errors import ThingSpaceError
 from ..thingspace.models import AppCredentials, Callback
-from .manifests import ManifestError, load, secret_values
+from .manifests import Manifest, ManifestError, load, secret_values
 
 #: Environment variables holding a credential set, by Secret key.
 CREDENTIAL_ENV = {
@@ -72,9 +72,18 @@ def from_file(path: Path) -> Credentials:
     return Credentials(values, secrets[0].name or DEFAULT_SECRET_NAME)
 
 
+@dataclass(frozen=True)
+class ClusterAccount:
+    """A ThingSpaceAccount read from the cluster, with the credentials of its Secret."""
+
+    manifest: Manifest
+    spec: AccountSpec
+    credentials: Credentials
+
+
 def from_cluster(
     api_client: kubernetes.client.ApiClient, account: str, operator_namespace: str
-) -> tuple[AccountSpec, Credentials]:
+) -> ClusterAccount:
     """A ThingSpaceAccount and the credentials of its Secret, read through the kubeconfig."""
     custom = kubernetes.client.CustomObjectsApi(api_client)
     try:
@@ -97,7 +106,8 @@ def from_cluster(
         ) from None
     except CredentialsInvalid as exc:
         raise SourceError(str(exc)) from None
-    return spec, Credentials(values, spec.secret_name)
+    manifest = Manifest(f"cluster (ThingSpaceAccount {account})", body)
+    return ClusterAccount(manifest, spec, Credentials(values, spec.secret_name))
 
 
 #: Per account: its live registrations, or why they could not be read.
