@@ -12,7 +12,6 @@ from typing import Any
 import kopf
 
 from .account import ACCOUNT_PLURAL, AccountSpec, CallbackPolicy
-from .config import OperatorConfig
 from .kube.claims import ACCOUNT_REF, Claim, claims_for, owner_among
 from .kube.status import (
     Condition,
@@ -36,42 +35,26 @@ from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
 AUTHORITATIVE = CallbackPolicy.AUTHORITATIVE
-AccountUsers = kopf.Index[str, tuple[str, str]]  # ThingSpaceAccount -> (namespace, callback)
 
 
-def register_account_handlers(
-    registry: kopf.OperatorRegistry, config: OperatorConfig, callbacks: tuple[str, str, str]
-) -> None:
+def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
     account = (GROUP, VERSION, ACCOUNT_PLURAL)
-
-    @kopf.index(*account, id="accounts", registry=registry)
-    async def accounts(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, AccountSpec]:
-        try:
-            return {name: AccountSpec.parse(name, spec)}
-        except InvalidSpec:
-            return {}  # reported on the account; callbacks see it as not found
-
-    @kopf.index(*callbacks, id="account_users", registry=registry)
-    async def account_users(
-        spec: Mapping[str, Any], name: str, namespace: str | None, **_: Any
-    ) -> dict[str, tuple[str, str]] | None:
-        ref = spec.get("accountRef")
-        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
-            return {ref["name"]: (namespace or "", name)}
-        return None
 
     @kopf.on.event(*account, registry=registry)
     async def account_changed(
-        type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+        type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:
         """Keep each account's body for the report after each sweep; report a new or
         changed account at once; and ask its callbacks to reconcile when its spec changed
         (they may have become allowed or not, or use other credentials). No kopf state is
         kept on accounts: the platform team's objects get no annotations or finalizers."""
         runtime: Runtime = memo["runtime"]
-        runtime.indexed = True  # kopf calls handlers only after every index is full
+        inventory = runtime.inventory
+        if type == "DELETED":
+            inventory.account_gone(name)
+        seen = inventory.account_seen(name, body.get("spec") or {}) if type != "DELETED" else None
+        await inventory.wait_complete()  # the report names the callbacks that manage each
         first_sight = name not in runtime.seen_accounts
-        seen = _parsed(name, body.get("spec") or {}) if type != "DELETED" else None
         previous = runtime.seen_accounts.get(name)
         runtime.seen_accounts[name] = seen
         if type == "DELETED":  # its name stays seen: a re-creation is a change
@@ -79,11 +62,10 @@ def register_account_handlers(
         else:
             runtime.account_bodies[name] = dict(body)
             if first_sight or previous != seen:
-                await report_one(runtime, kwargs["claims"], name, body, time.monotonic())
+                await report_one(runtime, inventory.claims, name, body, time.monotonic())
         if first_sight or previous == seen:
             return  # at startup every callback resumes anyway; or only the status changed
-        users: AccountUsers = kwargs["account_users"]
-        await runtime.ask_to_reconcile(sorted(set(users.get(name, ()))))
+        await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
 
 
 async def report_accounts(runtime: Runtime, claims: Any, since: float) -> None:
@@ -161,7 +143,7 @@ async def prune(
     if runtime.config.namespaces:
         note = "Authoritative is inactive: this operator watches only some namespaces"
         return replace(ready, message=f"{ready.message}. {note}")
-    if not runtime.indexed:
+    if not runtime.inventory.complete:
         return ready  # not every callback of the cluster seen yet: no judgement possible
     watch = runtime.unmanaged
     period = runtime.config.resync_seconds

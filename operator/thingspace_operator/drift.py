@@ -123,11 +123,13 @@ class DriftSweep:
         check: Check,
         before_each: Callable[[], Awaitable[None]] | None = None,
         after_each: Callable[[float], Awaitable[None]] | None = None,
+        first: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``after_each`` gets the period's start: lists made by the checks serve it."""
+        """``after_each`` gets the period's start: lists made by the checks serve it.
+        No sweep starts before ``first`` has returned."""
         self._before_each = before_each
         self._after_each = after_each
-        self._task = asyncio.create_task(self.run(check), name="drift sweep")
+        self._task = asyncio.create_task(self.run(check, first), name="drift sweep")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -187,8 +189,10 @@ class DriftSweep:
             and (tracked.credentials_failed or now - self._handled_at.get(key, now) >= self.period)
         ]
 
-    async def run(self, check: Check) -> None:
+    async def run(self, check: Check, first: Callable[[], Awaitable[None]] | None = None) -> None:
         """Sweep at the start of every period until cancelled."""
+        if first is not None:
+            await first()
         while True:
             now = time.monotonic()
             await asyncio.sleep(window_start(self.period, now) + self.period - now)

@@ -19,7 +19,6 @@ from .account_handlers import register_account_handlers, report_accounts
 from .config import OperatorConfig
 from .drift import Tracked
 from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
-from .kube.secrets import referenced_secrets
 from .kube.secretwatch import SecretEvent
 from .kube.status import (
     Condition,
@@ -38,8 +37,8 @@ from .thingspace.models import display_url
 log = logging.getLogger(__name__)
 # kopf's own bookkeeping; kept apart from thingspace.io/ so user annotations there count.
 ANNOTATION_PREFIX = "kopf.thingspace.io"
-ClaimsIndex = kopf.Index[tuple[str, str], Claim]
-SecretUsers = kopf.Index[tuple[str, str], str]  # (namespace, Secret) -> resource names
+ClaimsIndex = Mapping[tuple[str, str], Iterable[Claim]]
+SecretUsers = Mapping[tuple[str, str], Iterable[str]]  # (namespace, Secret) -> names
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
 
 
@@ -56,20 +55,19 @@ def build_registry(
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
         configure_kopf(settings, config)
         runtime: Runtime = memo["runtime"]
-        claims: ClaimsIndex = kwargs["claims"]
-        users: SecretUsers = kwargs["secret_users"]
-        runtime.account_index = kwargs["accounts"]
-        runtime.account_users = kwargs["account_users"]
+        claims, users = runtime.inventory.claims, runtime.inventory.secret_users
         await runtime.verify_crd_served()
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
+        runtime.start_inventory()
         if config.secret_watch:
             runtime.start_secret_watch(lambda event: secret_changed(runtime, users, event))
-        # kopf's index objects are live: the sweep decides ownership from the same claims
-        # the handlers see, and forgets the Secrets nobody references any longer.
+        # The sweep decides ownership from the same live claims the handlers see, and
+        # starts once they are complete.
         runtime.sweep.start(
             lambda tracked, since: check_drift(runtime, claims, tracked, since),
             before_each=lambda: refresh_unwatched_secrets(runtime, users),
             after_each=lambda since: report_accounts(runtime, claims, since),
+            first=runtime.inventory.wait_complete,
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -83,25 +81,7 @@ def build_registry(
             # exit (and so the Lease's release) for 5 s: the flag is set, as we stop anyway.
             stop_flag.set()
 
-    register_account_handlers(registry, config, resource)
-
-    @kopf.index(*resource, id="claims", registry=registry)
-    async def claims(
-        spec: Mapping[str, Any],
-        meta: Mapping[str, Any],
-        namespace: str | None,
-        **_: Any,
-    ) -> dict[tuple[str, str], Claim] | None:
-        key = claim_key(spec)
-        if key is None:
-            return None
-        return {key: claim_of(meta, namespace or "")}
-
-    @kopf.index(*resource, id="secret_users", registry=registry)
-    async def secret_users(
-        spec: Mapping[str, Any], name: str, namespace: str | None, **_: Any
-    ) -> dict[tuple[str, str], str] | None:
-        return {(namespace or "", secret): name for secret in referenced_secrets(spec)} or None
+    register_account_handlers(registry)
 
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
@@ -137,14 +117,17 @@ def build_registry(
 
     @kopf.on.event(*resource, registry=registry)
     async def track(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """Keep the drift sweep's view of every resource current."""
-        memo["runtime"].indexed = True  # kopf calls handlers only after every index is full
-        sweep = memo["runtime"].sweep
+        """Keep the inventory and the drift sweep's view of every resource current. kopf
+        runs this before the object's other handlers, which may then wait for the rest."""
+        runtime: Runtime = memo["runtime"]
         if type == "DELETED":
             meta = body.get("metadata", {})
-            sweep.forget(str(meta.get("namespace") or ""), str(meta.get("name")))
+            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+            runtime.inventory.callback_gone(*key)
+            runtime.sweep.forget(*key)
         else:
-            sweep.track(body)
+            runtime.inventory.callback_seen(body)
+            runtime.sweep.track(body)
 
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(
@@ -158,9 +141,9 @@ def build_registry(
         retry: int,
         **kwargs: Any,
     ) -> None:
-        claims: ClaimsIndex = kwargs["claims"]
         runtime: Runtime = memo["runtime"]
-        ownership, heir = _ownership(runtime, claims, spec, meta, namespace)
+        await runtime.inventory.wait_complete()
+        ownership, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
             _namespaced(namespace), spec, owned - {""}, runtime, ownership
@@ -239,11 +222,13 @@ async def sync_and_report(
     patch: kopf.Patch,
     body: kopf.Body,
     memo: kopf.Memo,
-    claims: ClaimsIndex,
     **_: Any,
 ) -> Outcome:
-    """The body of every sync handler: who owns it, sync, then status, Event and metrics."""
+    """The body of every sync handler: who owns it, sync, then status, Event and metrics.
+    Ownership is decided once every object that existed at start-up has been seen."""
     runtime: Runtime = memo["runtime"]
+    await runtime.inventory.wait_complete()
+    claims = runtime.inventory.claims
     rival = _rival(runtime, claims, claim_key(spec), claim_of(meta, namespace or ""))
     recorded = status.get("accountName")
     outcome = await reconciler.sync(_namespaced(namespace), spec, runtime, trigger, rival, recorded)
@@ -350,9 +335,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    # No worker limit: at startup each object's worker indexes it and then waits until every
-    # object is indexed, so with a limit below the number of objects the workers wait on
-    # objects that never get one (a restart over 1000 resources hung with 500 workers).
+    # No worker limit: at startup each object's worker files it in the inventory and then
+    # waits until every object is filed, so with a limit below the number of objects the
+    # workers wait on objects that never get one (a restart over 1000 resources hung).
     # Workers are released after 1 s idle instead of kopf's 5 s (docs/performance.md).
     # On shutdown, calls in flight get 1 s to finish, then are abandoned (as safe as a
     # crash: the next leader lists before it writes); the Lease is released sooner.

@@ -6,6 +6,7 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 """
 
 import asyncio
+import contextlib
 import enum
 import logging
 import weakref
@@ -16,9 +17,10 @@ from typing import Any
 import kopf
 from kubernetes.client import ApiClient
 
-from .account import AccountSpec
+from .account import ACCOUNT_PLURAL, AccountSpec
 from .config import OperatorConfig
 from .drift import DriftSweep
+from .inventory import ACCOUNT, CALLBACK, Inventory, Listed, fill
 from .kube.claims import Claim
 from .kube.connection import KubeConnection
 from .kube.namespaces import NamespaceLabels
@@ -82,19 +84,16 @@ class Runtime:
     namespaces: NamespaceLabels
     metrics_port: int = 0  # where /metrics is served, once started
     secret_watch: LabelledSecretWatch | None = None
-    account_index: Mapping[str, Iterable[AccountSpec]] = field(default_factory=dict)
-    """ThingSpaceAccounts by object name: kopf's live index, set at startup."""
-    account_users: Mapping[str, Iterable[tuple[str, str]]] = field(default_factory=dict)
-    """ThingSpaceAccount name -> (namespace, name) of the callbacks that reference it."""
+    inventory: Inventory = field(default_factory=Inventory)
+    """Claims, Secret and account users, and the accounts: fed by the event handlers."""
     seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
+    """The spec each account had when last seen, to tell a change from a status write."""
     account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each ThingSpaceAccount as last seen (for the status report after each sweep)."""
     unmanaged: dict[tuple[str, str], "Sighting"] = field(default_factory=dict)
     """(account, service) -> when and with which URL a registration nobody declares was
     seen: an Authoritative account removes it a period after the first sighting."""
-    indexed: bool = False
-    """Every callback of the cluster has been seen (kopf runs no handler before that)."""
-    """Each ThingSpaceAccount as last seen (for the status report after each sweep)."""
-    """The spec each account had when last seen, to tell a change from a status write."""
+    inventory_task: "asyncio.Task[None] | None" = None
     own_namespace: str = "default"
     """Where an account's credentials Secret is when its ref names no namespace."""
 
@@ -121,7 +120,7 @@ class Runtime:
         )
 
     def account(self, name: str) -> AccountSpec | None:
-        return next(iter(self.account_index.get(name, ())), None)
+        return next(iter(self.inventory.accounts.get(name, ())), None)
 
     async def ask_to_reconcile(self, callbacks: Iterable[tuple[str, str]]) -> None:
         """Set the reconcile-now annotation on each (namespace, name). One that cannot be
@@ -139,17 +138,17 @@ class Runtime:
 
     def account_callbacks(self) -> set[tuple[str, str]]:
         """(namespace, name) of every callback that uses a ThingSpaceAccount."""
-        return {user for users in self.account_users.values() for user in users}
+        return {user for users in self.inventory.account_users.values() for user in users}
 
     def callbacks_using_account_secret(self, key: tuple[str, str]) -> list[tuple[str, str]]:
         """The callbacks whose ThingSpaceAccount keeps its credentials in Secret ``key``."""
         return sorted(
             {
                 user
-                for name, specs in self.account_index.items()
+                for name, specs in self.inventory.accounts.items()
                 for spec in specs
                 if (spec.secret_namespace or self.own_namespace, spec.secret_name) == key
-                for user in self.account_users.get(name, ())
+                for user in self.inventory.account_users.get(name, ())
             }
         )
 
@@ -157,14 +156,16 @@ class Runtime:
         """The Secrets ThingSpaceAccounts keep their credentials in."""
         return {
             (spec.secret_namespace or self.own_namespace, spec.secret_name)
-            for specs in self.account_index.values()
+            for specs in self.inventory.accounts.values()
             for spec in specs
         }
 
     def account_names(self) -> dict[str, str]:
         """ThingSpaceAccount name -> the billing account it holds."""
         return {
-            name: spec.account_name for name, specs in self.account_index.items() for spec in specs
+            name: spec.account_name
+            for name, specs in self.inventory.accounts.items()
+            for spec in specs
         }
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:
@@ -188,6 +189,35 @@ class Runtime:
         self.secret_watch = watch
         watch.start()
 
+    def start_inventory(self) -> None:
+        """List the watched objects' names once, in the background, so that the inventory
+        knows when the events have shown every one of them."""
+        self.inventory_task = asyncio.create_task(
+            fill(self.inventory, self._list_watched, self._exists), name="inventory"
+        )
+
+    def _callbacks_paths(self) -> list[str]:
+        base = f"/apis/{GROUP}/{VERSION}"
+        if self.config.namespaces:  # as kopf watches them: namespace by namespace
+            return [f"{base}/namespaces/{ns}/{PLURAL}" for ns in self.config.namespaces]
+        return [f"{base}/{PLURAL}"]
+
+    async def _list_watched(self) -> list[Listed]:
+        listed = [
+            (CALLBACK, key)
+            for path in self._callbacks_paths()
+            for key in await self.resources.names(path)
+        ]
+        accounts = await self.resources.names(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}")
+        return listed + [(ACCOUNT, ("", name)) for _, name in accounts]
+
+    async def _exists(self, listed: Listed) -> bool:
+        kind, (namespace, name) = listed
+        if kind == ACCOUNT:
+            return await self.resources.exists(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}/{name}")
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        return await self.resources.exists(path)
+
     async def verify_crd_served(self) -> None:
         """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the
         resource up once and would otherwise wait silently for ever."""
@@ -198,6 +228,10 @@ class Runtime:
             )
 
     async def close(self) -> None:
+        if self.inventory_task is not None:
+            self.inventory_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.inventory_task
         await self.sweep.stop()
         if self.secret_watch is not None:
             await self.secret_watch.stop()

@@ -61,7 +61,7 @@ def view(monkeypatch: pytest.MonkeyPatch) -> RecordingView:
 def runtime(indexed: bool = True, namespaces: tuple[str, ...] = ()) -> Any:
     return SimpleNamespace(
         config=SimpleNamespace(namespaces=namespaces, resync_seconds=PERIOD),
-        indexed=indexed,
+        inventory=SimpleNamespace(complete=indexed),
         unmanaged={},
         lock_for=lambda *_: asyncio.Lock(),
     )
@@ -107,7 +107,8 @@ async def test_a_declared_registration_is_never_removed(view: RecordingView) -> 
 
 
 async def test_nothing_is_judged_before_every_callback_was_seen(view: RecordingView) -> None:
-    """After a restart, kopf's initial listing must be complete: until then, no memory."""
+    """After a restart, every object listed at start-up must have been seen: until then,
+    no memory."""
     rt = runtime(indexed=False)
     await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
     assert view.deregistered == []

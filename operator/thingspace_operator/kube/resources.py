@@ -16,6 +16,9 @@ from .connection import KubeConnection
 from .events import event_manifest, reference
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+# Names are all the start-up listing needs: the API server leaves out spec and status.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+PAGE_SIZE = "500"
 
 
 class CallbackResources:
@@ -83,6 +86,38 @@ class CallbackResources:
         ) as response:
             if response.status >= 300:
                 raise ApiException(status=response.status, reason=response.reason)
+
+    async def names(self, path: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every object the list ``path`` holds, a page at a time."""
+        found: list[tuple[str, str]] = []
+        token = ""
+        headers = {**self._connection.headers(), "Accept": METADATA_ONLY}
+        while True:
+            query = {"limit": PAGE_SIZE, **({"continue": token} if token else {})}
+            async with self._client().get(
+                self._connection.url(path), params=query, headers=headers, timeout=TIMEOUT
+            ) as response:
+                if response.status == 404:  # not served (a CRD not installed): kopf skips it too
+                    return []
+                if response.status >= 300:  # 410: the continue token expired; list again
+                    raise ApiException(status=response.status, reason=response.reason)
+                page = await response.json()
+            for item in page.get("items") or ():
+                meta = item.get("metadata") or {}
+                found.append((str(meta.get("namespace") or ""), str(meta.get("name"))))
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return found
+
+    async def exists(self, path: str) -> bool:
+        async with self._client().get(
+            self._connection.url(path), headers=self._connection.headers(), timeout=TIMEOUT
+        ) as response:
+            if response.status == 404:
+                return False
+            if response.status >= 300:
+                raise ApiException(status=response.status, reason=response.reason)
+        return True
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
