@@ -126,12 +126,19 @@ class Cluster:
         return self._stored("v1/secrets", namespace, name)
 
     async def create_callback(
-        self, name: str, namespace: str = NAMESPACE, **spec: Any
+        self,
+        name: str,
+        namespace: str = NAMESPACE,
+        metadata: dict[str, Any] | None = None,
+        **spec: Any,
     ) -> dict[str, Any]:
+        """``metadata``: more of it, e.g. a creationTimestamp, which the emulated API server
+        keeps when given one."""
+        metadata = {"name": name, **(metadata or {})}
         body = {
             "apiVersion": "thingspace.io/v1alpha1",
             "kind": "ThingSpaceCallback",
-            "metadata": {"name": name},
+            "metadata": metadata,
             "spec": {
                 "accountName": ACCOUNT,
                 "serviceName": "QoS",

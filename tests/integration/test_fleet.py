@@ -3,6 +3,7 @@ reconcile-now."""
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from tests.conftest import (
     quiet_period,
 )
 from tests.simctl import SimControl
-from thingspace_operator.model import RECONCILE_REQUESTED_ANNOTATION
+from thingspace_operator.model import FINALIZER, RECONCILE_REQUESTED_ANNOTATION
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 URL = "https://listener.example.com/qos"
@@ -117,6 +118,34 @@ async def test_two_claims_on_one_registration_one_owner_no_flapping(
     await eventually(lambda: ready(cluster, "second", "other"), timeout=5, what="takeover")
     assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/second"
     assert await ctl.calls("deregister") == 0  # handed over, never deregistered in between
+
+
+def handled(created: str) -> dict[str, Any]:
+    """Metadata of a resource an earlier operator process handled: created on that day,
+    with the finalizer (a restarted operator resumes it at once)."""
+    return {"creationTimestamp": f"{created}T00:00:00Z", "finalizers": [FINALIZER]}
+
+
+async def test_after_a_restart_no_younger_claimant_takes_the_registration(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
+) -> None:
+    """At start-up kopf may show the younger claimants before their owner: none decides
+    before every callback that existed has been seen, so none registers its own URL."""
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await ctl.set_registration(ACCOUNT, "QoS", url=f"{URL}/owner")
+    younger = [f"a-younger-{i}" for i in range(20)]
+    for name in younger:  # listed first: created first, but younger by their timestamps
+        await cluster.create_callback(name, url=f"{URL}/{name}", metadata=handled("2026-06-01"))
+    await cluster.create_callback("z-owner", url=f"{URL}/owner", metadata=handled("2026-01-01"))
+    await start_operator()
+
+    await eventually(lambda: ready(cluster, "z-owner"), what="the owner Ready")
+    await eventually(
+        lambda: all(condition(cluster, name, "Ready") == ("False", "Conflict") for name in younger),
+        what="every younger claimant in Conflict",
+    )
+    assert await ctl.calls("register") == 0
+    assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/owner"
 
 
 async def test_deleting_the_conflicting_resource_never_deregisters(
