@@ -42,14 +42,12 @@ SecretUsers = Mapping[tuple[str, str], Iterable[str]]  # (namespace, Secret) -> 
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
 
 
-def build_registry(
-    config: OperatorConfig, login: Callable[..., Any] = kopf.login_via_client
-) -> kopf.OperatorRegistry:
-    """All handlers, bound to ``config``. ``login`` finds the cluster: by default through
-    the ``kubernetes`` client (in-cluster service account, then kubeconfig)."""
+def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.OperatorRegistry:
+    """All handlers, bound to ``config``. ``login``: kopf's login handler, which finds the
+    cluster (kube/login.py: the one the operator's own requests use)."""
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
-    kopf.on.login(registry=registry)(login)
+    kopf.on.login(registry=registry, id="login")(login)  # kopf names no callable object
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:

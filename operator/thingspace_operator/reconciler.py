@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
-from kubernetes.client import ApiClient
 
 from .account import ACCOUNT_PLURAL, AccountSpec
 from .config import OperatorConfig
@@ -98,14 +97,13 @@ class Runtime:
     """Where an account's credentials Secret is when its ref names no namespace."""
 
     @classmethod
-    def create(cls, config: OperatorConfig, api_client: ApiClient) -> "Runtime":
+    def create(cls, config: OperatorConfig, connection: KubeConnection) -> "Runtime":
         metrics = Metrics()
-        connection = KubeConnection(api_client.configuration)
         return cls(
             config=config,
-            secrets=SecretReader(api_client),
-            resources=CallbackResources(api_client, connection),
-            namespaces=NamespaceLabels(api_client),
+            secrets=SecretReader(connection),
+            resources=CallbackResources(connection),
+            namespaces=NamespaceLabels(connection),
             connection=connection,
             clients=ClientPool(
                 config.api_url, config.request_timeout_seconds, metrics.observe_call
@@ -237,6 +235,7 @@ class Runtime:
             await self.secret_watch.stop()
         await self.views.close()
         await self.resources.close()
+        await self.connection.close()
         await self.clients.close()
         self.metrics.stop()
 

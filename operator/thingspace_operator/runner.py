@@ -15,21 +15,22 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import kopf
-import kubernetes
 from aiohttp import web
 
 from . import logs
 from .config import OperatorConfig
 from .handlers import build_registry
 from .kube.leader import Fence, LeaderElector, LeaseConfig
+from .kube.login import Login
 from .reconciler import Runtime
 
 log = logging.getLogger(__name__)
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-async def run(config: OperatorConfig, api_client: kubernetes.client.ApiClient) -> None:
-    runtime = Runtime.create(config, api_client)
+async def run(config: OperatorConfig, login: Login) -> None:
+    """``login``: the cluster, found before kopf starts; kopf logs in through it too."""
+    runtime = Runtime.create(config, login.connection)
     runtime.own_namespace = own_namespace(os.environ)
     logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
     runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
@@ -44,15 +45,17 @@ async def run(config: OperatorConfig, api_client: kubernetes.client.ApiClient) -
     health = await serve_health(config.health_port, elector)
     try:
         if elector is None:
-            await run_kopf(config, runtime, asyncio.Event())
+            await run_kopf(config, runtime, login, asyncio.Event())
         else:
-            await lead(config, runtime, elector)
+            await lead(config, runtime, login, elector)
     finally:
         await health.cleanup()
         runtime.metrics.stop()
 
 
-async def lead(config: OperatorConfig, runtime: Runtime, elector: LeaderElector) -> None:
+async def lead(
+    config: OperatorConfig, runtime: Runtime, login: Login, elector: LeaderElector
+) -> None:
     """Wait for the Lease, act while it is held, release it after acting stopped."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,7 +64,7 @@ async def lead(config: OperatorConfig, runtime: Runtime, elector: LeaderElector)
     log.info("Waiting to lead: lease %s/%s, identity %s", *elector.names, elector.config.identity)
     try:
         if await stand_by(elector, stop):
-            await act(config, runtime, elector, stop)
+            await act(config, runtime, login, elector, stop)
     finally:
         await elector.close()
 
@@ -82,7 +85,11 @@ async def stand_by(elector: LeaderElector, stop: asyncio.Event) -> bool:
 
 
 async def act(
-    config: OperatorConfig, runtime: Runtime, elector: LeaderElector, stop: asyncio.Event
+    config: OperatorConfig,
+    runtime: Runtime,
+    login: Login,
+    elector: LeaderElector,
+    stop: asyncio.Event,
 ) -> None:
     """Run kopf while the Lease is renewed. Renewal lost: end now. kopf stopped (SIGTERM):
     let calls on the wire land, then hand the Lease over."""
@@ -92,7 +99,7 @@ async def act(
     fence.start()
     keeper = asyncio.create_task(elector.keep(), name="lease renewal")
     await elector.announce(f"{identity} became leader")
-    operator = asyncio.create_task(run_kopf(config, runtime, stop), name="operator")
+    operator = asyncio.create_task(run_kopf(config, runtime, login, stop), name="operator")
     await asyncio.wait({keeper, operator}, return_when=asyncio.FIRST_COMPLETED)
     if not operator.done():
         fence.trip()  # renewal failed: act no more, now
@@ -113,9 +120,11 @@ async def cancel(task: "asyncio.Task[object]") -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def run_kopf(config: OperatorConfig, runtime: Runtime, stop: asyncio.Event) -> None:
+async def run_kopf(
+    config: OperatorConfig, runtime: Runtime, login: Login, stop: asyncio.Event
+) -> None:
     await kopf.operator(
-        registry=build_registry(config),
+        registry=build_registry(config, login),
         memo=kopf.Memo(runtime=runtime, stop_flag=stop),
         standalone=True,
         clusterwide=not config.namespaces,

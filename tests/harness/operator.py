@@ -1,38 +1,28 @@
 """Run the real kopf operator in the current event loop against an emulated API server.
 
 kopf's reactor (watchers, workers, timers, finalizers, event posting) runs for real; only
-the login is pointed at the emulator, and the ``kubernetes`` client used for Secrets is
-configured for it too.
+the login is pointed at the emulator, and the operator's own requests go there too.
 """
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import kopf
-import kubernetes
 
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.handlers import build_registry
+from thingspace_operator.kube.connection import KubeConnection
+from thingspace_operator.kube.login import Login
 from thingspace_operator.reconciler import Runtime
-
-
-def kubernetes_client_for(url: str) -> kubernetes.client.ApiClient:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = url
-    return kubernetes.client.ApiClient(configuration)
 
 
 @asynccontextmanager
 async def running_operator(kube_url: str, config: OperatorConfig) -> AsyncIterator[Runtime]:
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=kube_url, insecure=True, default_namespace="default")
-
+    info = kopf.ConnectionInfo(server=kube_url, insecure=True, default_namespace="default")
+    login = Login(KubeConnection(info))
     registry = build_registry(config, login=login)
-
-    api_client = kubernetes_client_for(kube_url)
-    runtime = Runtime.create(config, api_client)
+    runtime = Runtime.create(config, login.connection)
     stop, ready = asyncio.Event(), asyncio.Event()
     # kopf cancels every task it did not start unless told to ignore it at shutdown.
     ignored = set(asyncio.all_tasks())
@@ -58,4 +48,3 @@ async def running_operator(kube_url: str, config: OperatorConfig) -> AsyncIterat
         )
         stop.set()
         await asyncio.wait_for(reactor, 15)
-        api_client.close()

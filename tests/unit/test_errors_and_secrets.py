@@ -3,16 +3,14 @@
 import asyncio
 import base64
 import re
-import threading
 import time
 from typing import Any
 
-import kubernetes.client
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import eventually
 from thingspace_operator.config import OperatorConfig
+from thingspace_operator.kube.connection import KubeApiError
 from thingspace_operator.kube.secrets import (
     CredentialsInvalid,
     CredentialsNotFound,
@@ -209,7 +207,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
 async def test_secret_reader_serves_known_secrets_and_keeps_the_newest() -> None:
     from thingspace_operator.kube.secrets import SecretReader
 
-    reader = SecretReader(api_client=None)  # type: ignore[arg-type]  # never called here
+    reader = SecretReader(connection=None)  # type: ignore[arg-type]  # never called here
     reader.remember("ns", "s", "7", {"password": _b64("new")})
     reader.remember("ns", "s", "5", {"password": _b64("old")})  # an older read arriving late
     assert await reader.read("ns", "s") == {"password": "new"}
@@ -219,29 +217,30 @@ async def test_secret_reader_serves_known_secrets_and_keeps_the_newest() -> None
     assert not reader.knows("ns", "s")
 
 
-class _StubCore:
-    """CoreV1Api's read of one Secret, answered by the test, counting the reads."""
+class _StubConnection:
+    """The API server's answer to a GET of one Secret, given by the test, counting reads."""
 
     def __init__(self) -> None:
         self.reads = 0
-        self.release = threading.Event()
+        self.release = asyncio.Event()
         self.status: int | None = None
 
-    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+    async def get_json(self, path: str) -> Any:
+        assert path == "/api/v1/namespaces/ns/secrets/s"
         self.reads += 1
         number = self.reads
-        self.release.wait(5)
+        await self.release.wait()
         if self.status is not None:
-            raise ApiException(status=self.status)
-        return kubernetes.client.V1Secret(
-            metadata=kubernetes.client.V1ObjectMeta(name=name, resource_version=str(number)),
-            data={"password": _b64(f"read-{number}")},
-        )
+            raise KubeApiError(self.status)
+        return {
+            "metadata": {"name": "s", "resourceVersion": str(number)},
+            "data": {"password": _b64(f"read-{number}")},
+        }
 
 
 async def test_secret_reads_are_shared_only_when_fresh_enough() -> None:
-    reader = SecretReader(kubernetes.client.ApiClient())
-    core = reader._core = _StubCore()  # type: ignore[assignment]
+    core = _StubConnection()
+    reader = SecretReader(core)  # type: ignore[arg-type]
     first = asyncio.ensure_future(reader.read("ns", "s"))
     await eventually(lambda: core.reads == 1, what="the first read in flight")
     joined = asyncio.ensure_future(reader.read("ns", "s"))
@@ -257,8 +256,8 @@ async def test_secret_reads_are_shared_only_when_fresh_enough() -> None:
 
 
 async def test_a_secret_the_operator_may_no_longer_read_is_forgotten() -> None:
-    reader = SecretReader(kubernetes.client.ApiClient())
-    core = reader._core = _StubCore()  # type: ignore[assignment]
+    core = _StubConnection()
+    reader = SecretReader(core)  # type: ignore[arg-type]
     core.release.set()
     await reader.read("ns", "s")
     core.status = 403
@@ -270,8 +269,8 @@ async def test_a_secret_the_operator_may_no_longer_read_is_forgotten() -> None:
 async def test_a_missing_secret_costs_one_read_per_period_however_many_wait() -> None:
     """A drift period's checks of many resources waiting on one missing Secret share the
     read that found it missing; a later period reads again."""
-    reader = SecretReader(kubernetes.client.ApiClient())
-    core = reader._core = _StubCore()  # type: ignore[assignment]
+    core = _StubConnection()
+    reader = SecretReader(core)  # type: ignore[arg-type]
     core.release.set()
     core.status = 404
     period_start = time.monotonic()

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import kubernetes.client
+import kopf
 import pytest
 from aiohttp import web
 
@@ -106,9 +106,8 @@ async def server() -> AsyncIterator[tuple[LeaseServer, str]]:
 
 
 def elector(url: str, identity: str, lease: float = 1.5, renew: float = 1.0) -> LeaderElector:
-    configuration = kubernetes.client.Configuration(host=url)
     config = LeaseConfig("ops", "tso", identity, lease, renew, retry_period=0.2)
-    return LeaderElector(KubeConnection(configuration), config)
+    return LeaderElector(KubeConnection(kopf.ConnectionInfo(server=url)), config)
 
 
 async def test_one_candidate_leads_and_a_release_hands_over_at_once(

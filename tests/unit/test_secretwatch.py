@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp.web
-import kubernetes.client
+import kopf
 import pytest
 
 from thingspace_operator.config import OperatorConfig
@@ -76,6 +76,10 @@ async def api() -> AsyncIterator[tuple[ScriptedApiServer, str]]:
         yield server, url
 
 
+def connection_to(url: str) -> KubeConnection:
+    return KubeConnection(kopf.ConnectionInfo(server=url))
+
+
 @contextlib.asynccontextmanager
 async def serving(server: ScriptedApiServer) -> AsyncIterator[str]:
     """The scripted server on a free loopback port; its URL."""
@@ -96,14 +100,12 @@ async def test_watch_relists_on_gone_and_reports_what_vanished(
     api: tuple[ScriptedApiServer, str],
 ) -> None:
     server, url = api
-    configuration = kubernetes.client.Configuration()
-    configuration.host = url
     events: list[SecretEvent] = []
 
     async def listener(event: SecretEvent) -> None:
         events.append(event)
 
-    watch = LabelledSecretWatch(KubeConnection(configuration), listener, retry_max_seconds=0.05)
+    watch = LabelledSecretWatch(connection_to(url), listener, retry_max_seconds=0.05)
     watch.start()
     try:
         async with asyncio.timeout(10):
@@ -133,29 +135,6 @@ def test_secret_watch_setting_parses_booleans() -> None:
         OperatorConfig.from_env({"THINGSPACE_SECRET_WATCH": "maybe"})
 
 
-def test_connection_authenticates_as_the_kubernetes_client(tmp_path) -> None:
-    """The watch sends the kubeconfig's token exactly as the official client does (the
-    emulated API server checks none: a real one answered 403 to a missing header)."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
-                "users": [{"name": "u", "user": {"token": "the-token"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=configuration)
-    connection = KubeConnection(configuration)
-    assert connection.headers()["authorization"] == "Bearer the-token"
-    assert connection.url("/api/v1/secrets") == "https://127.0.0.1:6443/api/v1/secrets"
-
-
 async def test_a_failing_listener_neither_ends_the_watch_nor_loses_the_event() -> None:
     """The listener failing (the API server refusing a reconcile request, say) is a gap:
     the watch lists again, delivers the event again, and reports the gap."""
@@ -175,9 +154,7 @@ async def test_a_failing_listener_neither_ends_the_watch_nor_loses_the_event() -
             raise RuntimeError("the API server said 503")
 
     async with serving(server) as url:
-        configuration = kubernetes.client.Configuration()
-        configuration.host = url
-        connection = KubeConnection(configuration)
+        connection = connection_to(url)
         watch = LabelledSecretWatch(connection, listener, retry_max_seconds=0.05)
         watch.on_gap = lambda: gaps.append(True)
         watch.start()
@@ -203,9 +180,7 @@ async def test_a_watch_gone_again_and_again_backs_off_and_reports_a_gap() -> Non
         pass
 
     async with serving(server) as url:
-        configuration = kubernetes.client.Configuration()
-        configuration.host = url
-        watch = LabelledSecretWatch(KubeConnection(configuration), listener, retry_max_seconds=0.3)
+        watch = LabelledSecretWatch(connection_to(url), listener, retry_max_seconds=0.3)
         watch.on_gap = lambda: gaps.append(asyncio.get_running_loop().time())
         watch.start()
         try:

@@ -12,10 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import kubernetes
-import urllib3
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..account import ACCOUNT_PLURAL
 from ..config import DEFAULT_API_URL
@@ -34,6 +31,11 @@ from .sources import (
     from_file,
     read_live,
 )
+
+# Imported where used: ``thingspace-operator run`` shares this parser and must not load the
+# ``kubernetes`` package (cli.py).
+if TYPE_CHECKING:
+    import kubernetes
 
 DEFAULT_OPERATOR_NAMESPACE = "thingspace-operator"
 Handler = Callable[[argparse.Namespace], int]
@@ -196,6 +198,8 @@ def _add_status(commands: "argparse._SubParsersAction[Any]") -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    import urllib3
+
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -318,6 +322,8 @@ def _cluster_accounts(args: argparse.Namespace, in_files: set[str]) -> list[Clus
 
 
 def run_status(args: argparse.Namespace) -> int:
+    import kubernetes
+
     custom = kubernetes.client.CustomObjectsApi(_kubernetes(args))
     try:
         if args.namespace:
@@ -335,8 +341,10 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accounts_if_allowed(custom: kubernetes.client.CustomObjectsApi) -> list[Any]:
+def _accounts_if_allowed(custom: "kubernetes.client.CustomObjectsApi") -> list[Any]:
     """ThingSpaceAccounts are cluster-scoped: a team member may not list them."""
+    import kubernetes
+
     try:
         found: Any = custom.list_cluster_custom_object(GROUP, VERSION, ACCOUNT_PLURAL)
     except kubernetes.client.exceptions.ApiException as exc:
@@ -346,9 +354,11 @@ def _accounts_if_allowed(custom: kubernetes.client.CustomObjectsApi) -> list[Any
     return list(found.get("items") or [])
 
 
-def _kubernetes(args: argparse.Namespace) -> kubernetes.client.ApiClient:
+def _kubernetes(args: argparse.Namespace) -> "kubernetes.client.ApiClient":
     """The cluster of the kubeconfig (``--kubeconfig``, KUBECONFIG or ~/.kube/config), as
     kubectl resolves it; kubectl does not pass its own flags on to plugins."""
+    import kubernetes
+
     try:
         return kubernetes.config.new_client_from_config(  # type: ignore[no-any-return]
             config_file=args.kubeconfig, context=args.context

@@ -9,10 +9,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import kubernetes.client
-from kubernetes.client.exceptions import ApiException
+from typing import TYPE_CHECKING, Any
 
 from ..account import ACCOUNT_PLURAL, AccountSpec
 from ..kube.secrets import CredentialsInvalid, app_credentials_from, decode_secret_data
@@ -21,6 +18,9 @@ from ..thingspace.client import ClientPool
 from ..thingspace.errors import ThingSpaceError
 from ..thingspace.models import AppCredentials, Callback
 from .manifests import Manifest, ManifestError, load, secret_values
+
+if TYPE_CHECKING:  # imported where used: the run command shares the parser (cli.py)
+    import kubernetes.client
 
 #: Environment variables holding a credential set, by Secret key.
 CREDENTIAL_ENV = {
@@ -82,9 +82,12 @@ class ClusterAccount:
 
 
 def from_cluster(
-    api_client: kubernetes.client.ApiClient, account: str, operator_namespace: str
+    api_client: "kubernetes.client.ApiClient", account: str, operator_namespace: str
 ) -> ClusterAccount:
     """A ThingSpaceAccount and the credentials of its Secret, read through the kubeconfig."""
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
     custom = kubernetes.client.CustomObjectsApi(api_client)
     try:
         body: Any = custom.get_cluster_custom_object(GROUP, VERSION, ACCOUNT_PLURAL, account)

@@ -2,6 +2,7 @@
 
 import logging
 
-# The kubernetes client logs every response body at DEBUG, Secret data included (base64 is
-# no protection). The operator's DEBUG level must never show credentials.
+# The kubernetes client (the gitops commands read Secrets through it) logs every response
+# body at DEBUG, Secret data included (base64 is no protection). DEBUG must never show
+# credentials.
 logging.getLogger("kubernetes.client.rest").setLevel(logging.INFO)

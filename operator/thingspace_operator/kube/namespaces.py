@@ -4,17 +4,16 @@ Read by name when first needed and again once per drift period, never listed or 
 the operator holds the labels of those namespaces only, however many the cluster has.
 """
 
-import asyncio
 import time
 from collections.abc import Mapping
+from urllib.parse import quote
 
-import kubernetes.client
-from kubernetes.client.exceptions import ApiException
+from .connection import KubeApiError, KubeConnection
 
 
 class NamespaceLabels:
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
-        self._core = kubernetes.client.CoreV1Api(api_client)
+    def __init__(self, connection: KubeConnection) -> None:
+        self._connection = connection
         self._known: dict[str, tuple[float, dict[str, str]]] = {}
 
     async def labels(self, namespace: str, fresh_after: float | None = None) -> Mapping[str, str]:
@@ -24,13 +23,15 @@ class NamespaceLabels:
             return known[1]
         started = time.monotonic()
         try:
-            found = await asyncio.to_thread(self._core.read_namespace, namespace)
-        except ApiException as exc:
+            found = await self._connection.get_json(
+                f"/api/v1/namespaces/{quote(namespace, safe='')}"
+            )
+        except KubeApiError as exc:
             if exc.status != 404:
                 raise
             labels: dict[str, str] = {}
         else:
-            labels = dict((found.metadata.labels if found.metadata else None) or {})
+            labels = dict((found.get("metadata") or {}).get("labels") or {})
         self._known[namespace] = (started, labels)
         return labels
 

@@ -1,18 +1,15 @@
 """Writes the operator makes to other ThingSpaceCallback objects (outside kopf's patch)."""
 
-import asyncio
 import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import kubernetes.client
-from kubernetes.client.exceptions import ApiException
 
 from ..account import ACCOUNT_PLURAL
 from ..model import GROUP, PLURAL, RECONCILE_REQUESTED_ANNOTATION, VERSION
-from .connection import KubeConnection
+from .connection import KubeApiError, KubeConnection
 from .events import event_manifest, reference
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
@@ -22,29 +19,28 @@ PAGE_SIZE = "500"
 
 
 class CallbackResources:
-    def __init__(self, api_client: kubernetes.client.ApiClient, connection: KubeConnection) -> None:
-        self._api = kubernetes.client.CustomObjectsApi(api_client)
+    def __init__(self, connection: KubeConnection) -> None:
         self._connection = connection
         self._session: aiohttp.ClientSession | None = None
 
     async def served(self) -> bool:
         """Whether discovery lists the ThingSpaceCallback resource (no RBAC needed)."""
         try:
-            found = await asyncio.to_thread(self._api.get_api_resources, GROUP, VERSION)
-        except ApiException as exc:
-            if exc.status == 404:
+            found = await self._connection.get_json(f"/apis/{GROUP}/{VERSION}")
+        except KubeApiError as exc:
+            if exc.status == 404:  # the group version is not served at all
                 return False
             raise
-        return any(resource.name == PLURAL for resource in found.resources or ())
+        return any(resource.get("name") == PLURAL for resource in found.get("resources") or ())
 
     async def request_reconcile(self, namespace: str, name: str) -> bool:
         """Set the reconcile-now annotation, exactly as a user would to force a reconcile.
         False: the resource no longer exists.
 
         Used when a referenced Secret changes, when a contested registration is handed
-        over, and when a drift check finds something to correct. Sent with aiohttp, not the
-        ``kubernetes`` client's thread: cancelled at shutdown, it stops at once instead of
-        landing after the Lease was handed over.
+        over, and when a drift check finds something to correct. Sent with aiohttp, not in
+        a thread: cancelled at shutdown, it stops at once instead of landing after the Lease
+        was handed over.
         """
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         body = {"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: stamp}}}
@@ -56,7 +52,7 @@ class CallbackResources:
             if response.status == 404:  # deleted meanwhile: nothing left to reconcile
                 return False
             if response.status >= 300:
-                raise ApiException(status=response.status, reason=response.reason)
+                raise KubeApiError(response.status, response.reason)
         return True
 
     async def patch_account_status(self, name: str, status: dict[str, Any]) -> None:
@@ -70,7 +66,7 @@ class CallbackResources:
             timeout=TIMEOUT,
         ) as response:
             if response.status >= 300 and response.status != 404:  # 404: deleted meanwhile
-                raise ApiException(status=response.status, reason=response.reason)
+                raise KubeApiError(response.status, response.reason)
 
     async def post_event(
         self, namespace: str, body: Mapping[str, Any], type_: str, reason: str, message: str
@@ -85,7 +81,7 @@ class CallbackResources:
             timeout=TIMEOUT,
         ) as response:
             if response.status >= 300:
-                raise ApiException(status=response.status, reason=response.reason)
+                raise KubeApiError(response.status, response.reason)
 
     async def names(self, path: str) -> list[tuple[str, str]]:
         """(namespace, name) of every object the list ``path`` holds, a page at a time."""
@@ -100,7 +96,7 @@ class CallbackResources:
                 if response.status == 404:  # not served (a CRD not installed): kopf skips it too
                     return []
                 if response.status >= 300:  # 410: the continue token expired; list again
-                    raise ApiException(status=response.status, reason=response.reason)
+                    raise KubeApiError(response.status, response.reason)
                 page = await response.json()
             for item in page.get("items") or ():
                 meta = item.get("metadata") or {}
@@ -116,7 +112,7 @@ class CallbackResources:
             if response.status == 404:
                 return False
             if response.status >= 300:
-                raise ApiException(status=response.status, reason=response.reason)
+                raise KubeApiError(response.status, response.reason)
         return True
 
     def _client(self) -> aiohttp.ClientSession:

@@ -1,4 +1,4 @@
-"""Credential Secrets: read with the official ``kubernetes`` client, parse, never reveal.
+"""Credential Secrets: read by a GET of their own, parsed, never revealed.
 
 See kube/secretwatch.py for how changes reach the operator.
 
@@ -13,12 +13,11 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-
-import kubernetes.client
-from kubernetes.client.exceptions import ApiException
+from urllib.parse import quote
 
 from ..thingspace.models import AppCredentials
 from ..thingspace.services import CALLBACK_CREDENTIAL_MAX_LENGTH
+from .connection import KubeApiError, KubeConnection
 from .secretwatch import CREDENTIALS_LABEL
 
 APP_CREDENTIAL_KEYS = ("appKey", "appSecret", "username", "password")
@@ -50,8 +49,8 @@ class SecretReader:
     for data newer than its read (the drift check does, once per period).
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
-        self._core = kubernetes.client.CoreV1Api(api_client)
+    def __init__(self, connection: KubeConnection) -> None:
+        self._connection = connection
         self._known: dict[tuple[str, str], _Known] = {}
         # One GET in flight per Secret, with the time it started.
         self._fetching: dict[tuple[str, str], tuple[float, asyncio.Future[_Known]]] = {}
@@ -155,8 +154,10 @@ class SecretReader:
 
     async def _fetch(self, namespace: str, name: str, started: float) -> _Known:
         try:
-            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
+            secret = await self._connection.get_json(
+                f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
+            )
+        except KubeApiError as exc:
             if exc.status not in (404, 403):
                 raise
             message = (
@@ -167,11 +168,11 @@ class SecretReader:
             self.forget(namespace, name)  # what is gone, or may no longer be read, is not used
             self._absent[(namespace, name)] = (started, message)
             raise CredentialsNotFound(message) from None
-        meta = secret.metadata
-        version = str(meta.resource_version or "") if meta else ""
-        labelled = bool(meta and (meta.labels or {}).get(CREDENTIALS_LABEL) == "true")
+        meta = secret.get("metadata") or {}
+        version = str(meta.get("resourceVersion") or "")
+        labelled = (meta.get("labels") or {}).get(CREDENTIALS_LABEL) == "true"
         watched = labelled and self.tracked((namespace, name))
-        self.remember(namespace, name, version, secret.data or {}, watched, at=started)
+        self.remember(namespace, name, version, secret.get("data") or {}, watched, at=started)
         return self._known[(namespace, name)]
 
     async def app_credentials(

@@ -1,0 +1,164 @@
+"""Which cluster, as whom: resolved once before kopf starts, again whenever kopf logs in.
+
+kopf's own minimal logins come first: the in-cluster service account, then the kubeconfig
+(KUBECONFIG or ~/.kube/config, its current context). They cover tokens, basic auth and
+client certificates without the ``kubernetes`` client, whose models cost ~28 MB of
+resident memory. A kubeconfig user that only the ``kubernetes`` client can run (an
+``exec`` or ``auth-provider`` plugin, a ``tokenFile``, or files named relative to the
+kubeconfig) falls back to that client, imported only then.
+"""
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+import yaml
+
+from .connection import SERVICE_ACCOUNT_TOKEN, KubeConnection
+
+log = logging.getLogger(__name__)
+# What a kubeconfig user may hold that kopf's login ignores and only the client runs.
+CLIENT_ONLY_USER_FIELDS = ("exec", "auth-provider", "tokenFile")
+Env = Mapping[str, str]
+
+
+class Login:
+    """kopf's login handler. It resolves the credentials again (a rotated token, an edited
+    kubeconfig) and the operator's own requests use them too."""
+
+    def __init__(
+        self,
+        connection: KubeConnection,
+        relogin: Callable[[], kopf.ConnectionInfo | None] | None = None,
+    ) -> None:
+        """``relogin``: how the connection was found; None for the ``kubernetes`` client,
+        which refreshes its own credentials."""
+        self.connection = connection
+        self._relogin = relogin
+
+    def __call__(self, **_: Any) -> kopf.ConnectionInfo:
+        found = self._relogin() if self._relogin is not None else None
+        if found is not None:
+            self.connection.update(found)
+        return self.connection.connection_info()
+
+
+def connect(env: Env = os.environ) -> Login:
+    """In-cluster service account first, then KUBECONFIG or ~/.kube/config; through kopf's
+    own logins if they can, else through the ``kubernetes`` client."""
+    info = in_cluster(env)
+    if info is not None:
+        return Login(KubeConnection(info, SERVICE_ACCOUNT_TOKEN), lambda: in_cluster(env))
+    info = from_kubeconfig(env)
+    if info is not None:
+        return Login(KubeConnection(info), lambda: from_kubeconfig(env))
+    return Login(connection_via_client(env))
+
+
+def in_cluster(env: Env) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_service_account(settings=kopf.OperatorSettings(), logger=log)
+    return in_cluster_address(info, env) if info is not None else None
+
+
+def from_kubeconfig(env: Env) -> kopf.ConnectionInfo | None:
+    """The kubeconfig's current context; None if there is none or it needs the
+    ``kubernetes`` client."""
+    try:
+        info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings(), logger=log)
+    except Exception as exc:  # what kopf's short parser cannot read, the client may
+        # The type only: a YAML error would quote the file, tokens and all.
+        log.info("kopf's login cannot read the kubeconfig (%s)", type(exc).__name__)
+        return None
+    if info is None:
+        return None
+    needs = client_only_settings(info, current_user(env))
+    if needs:
+        log.info("The kubeconfig's user needs the kubernetes client: %s", ", ".join(needs))
+        return None
+    return info
+
+
+def in_cluster_address(info: kopf.ConnectionInfo, env: Env) -> kopf.ConnectionInfo:
+    """The API server's service address as the kubelet passes it (what the ``kubernetes``
+    client uses): no DNS lookup of kopf's kubernetes.default.svc needed."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return info
+    host = f"[{host}]" if ":" in host else host  # IPv6
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
+
+
+def client_only_settings(info: kopf.ConnectionInfo, user: Mapping[str, Any]) -> list[str]:
+    """What kopf's login would silently ignore or misread."""
+    needs = [field for field in CLIENT_ONLY_USER_FIELDS if user.get(field)]
+    files = (info.ca_path, info.certificate_path, info.private_key_path)
+    if any(path and not os.path.isabs(os.fsdecode(path)) for path in files):
+        needs.append("a file path relative to the kubeconfig")
+    return needs
+
+
+def current_user(env: Env) -> Mapping[str, Any]:
+    """The user of the current context, the kubeconfig files merged as kopf merges them
+    (the first file naming a setting wins)."""
+    paths = (env.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)
+    configs = [_load(Path(path.strip()).expanduser()) for path in paths if path.strip()]
+    current = next((c["current-context"] for c in configs if c.get("current-context")), None)
+    context = _named(configs, "contexts", current).get("context") or {}
+    return _named(configs, "users", context.get("user")).get("user") or {}
+
+
+def _load(path: Path) -> Mapping[str, Any]:
+    try:
+        found = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+    return found if isinstance(found, Mapping) else {}
+
+
+def _named(configs: list[Mapping[str, Any]], kind: str, name: object) -> Mapping[str, Any]:
+    for config in configs:
+        for item in config.get(kind) or ():
+            if isinstance(item, Mapping) and item.get("name") == name:
+                return item
+    return {}
+
+
+def connection_via_client(env: Env) -> KubeConnection:
+    """The ``kubernetes`` client's own kubeconfig login, plugins included. Its credentials
+    are asked for at each request, so the client refreshes them when they expire."""
+    log.info(
+        "kopf's own logins found no usable credentials: logging in through the kubernetes "
+        "client, which costs about 28 MB of memory"
+    )
+    if "kubernetes" in sys.modules and sys.modules["kubernetes"] is None:
+        del sys.modules["kubernetes"]  # the run command's block (cli.py)
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        # The client reads KUBECONFIG when imported: now, when needed, is what counts.
+        config_file=env.get("KUBECONFIG") or None,
+        client_configuration=configuration,
+    )
+
+    def authorization() -> dict[str, str]:
+        settings = configuration.auth_settings().values()
+        return {
+            str(setting["key"]): str(setting["value"])
+            for setting in settings
+            if setting.get("in") == "header" and setting.get("value")
+        }
+
+    info = kopf.ConnectionInfo(
+        server=str(configuration.host),
+        ca_path=configuration.ssl_ca_cert or None,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+    )
+    return KubeConnection(info, authorization=authorization)
