@@ -72,7 +72,7 @@ class Tracked:
             claim=claim_of(meta, namespace),
             registration=claim_key(spec),
             spec_json=_json(spec),
-            status_json=_json(body.get("status") or {}),
+            status_json=_json(_checked_status(body.get("status") or {})),
             credentials_failed=_synced_reason(body) in CREDENTIAL_FAILURES,
         )
 
@@ -87,6 +87,15 @@ def _synced_reason(body: Mapping[str, Any]) -> str:
         if condition.get("type") == "Synced" and condition.get("status") == "False":
             return str(condition.get("reason"))
     return ""
+
+
+# Status fields kopf and the reconcile-now handler keep for themselves. A drift check never
+# reads them, and the handled configuration repeats the whole spec: not kept per resource.
+UNCHECKED_STATUS = frozenset({"lastHandledConfiguration", "lastHandledReconcileAt", "kopf"})
+
+
+def _checked_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in status.items() if key not in UNCHECKED_STATUS}
 
 
 def _json(value: Mapping[str, Any]) -> str:
@@ -137,9 +146,10 @@ class DriftSweep:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def track(self, body: Mapping[str, Any]) -> None:
+    def track(self, body: Mapping[str, Any]) -> Tracked:
         tracked = Tracked.of(body)
         self._tracked[tracked.key] = tracked
+        return tracked
 
     def forget(self, namespace: str, name: str) -> None:
         for bookkeeping in (self._tracked, self._handled_at, self._requested, self._secrets_read):

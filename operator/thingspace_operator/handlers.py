@@ -124,8 +124,8 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
             runtime.inventory.callback_gone(*key)
             runtime.sweep.forget(*key)
         else:
-            runtime.inventory.callback_seen(body)
-            runtime.sweep.track(body)
+            tracked = runtime.sweep.track(body)
+            runtime.inventory.callback_seen(body, tracked.claim)  # one Claim kept, not two
 
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(

@@ -74,13 +74,15 @@ class Inventory:
 
     # Fed by the event handlers.
 
-    def callback_seen(self, body: Mapping[str, Any]) -> None:
+    def callback_seen(self, body: Mapping[str, Any], claim: Claim | None = None) -> None:
+        """``claim``: the callback's claim, if already made of this body."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
         spec = body.get("spec") or {}
         obj = (namespace, name)
         key = claim_key(spec)
-        self.claims.put(obj, {key: claim_of(meta, namespace)} if key else {})
+        claim = claim or claim_of(meta, namespace)
+        self.claims.put(obj, {key: claim} if key else {})
         self.secret_users.put(
             obj, {(namespace, secret): name for secret in referenced_secrets(spec)}
         )

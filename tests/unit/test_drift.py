@@ -45,6 +45,13 @@ def test_tracked_holds_a_detached_copy() -> None:
     assert tracked.account == "0000000001-00001"
 
 
+def test_tracked_keeps_only_the_status_a_check_compares() -> None:
+    """kopf's handled configuration repeats the spec: not kept for every resource."""
+    raw = body("a")
+    raw["status"].update(lastHandledConfiguration='{"spec": {}}', lastHandledReconcileAt="x")
+    assert Tracked.of(raw).status == {"conditions": [{"type": "Ready", "status": "True"}]}
+
+
 def test_due_skips_deleting_new_and_recently_handled_resources() -> None:
     sweep = DriftSweep(PERIOD)
     for name in ("early", "late", "new"):
