@@ -30,28 +30,39 @@ Listed = tuple[str, ObjectKey]  # (kind, key) of an object the start-up listing 
 
 class Index(Mapping[K, Collection[V]], Generic[K, V]):
     """key -> the values objects file under it. An object's entries replace the ones it
-    filed before, and go when it goes."""
+    filed before, and go when it goes. A key only one object files under (most claims)
+    holds just that pair: a dict for each would cost about 170 bytes more per resource."""
 
     def __init__(self) -> None:
-        self._by_key: dict[K, dict[ObjectKey, V]] = {}
+        self._by_key: dict[K, tuple[ObjectKey, V] | dict[ObjectKey, V]] = {}
         self._keys_of: dict[ObjectKey, tuple[K, ...]] = {}
 
     def put(self, obj: ObjectKey, entries: Mapping[K, V]) -> None:
         self.drop(obj)
         for key, value in entries.items():
-            self._by_key.setdefault(key, {})[obj] = value
+            found = self._by_key.get(key)
+            if found is None:
+                self._by_key[key] = (obj, value)
+            elif isinstance(found, tuple):
+                self._by_key[key] = {found[0]: found[1], obj: value}
+            else:
+                found[obj] = value
         if entries:
             self._keys_of[obj] = tuple(entries)
 
     def drop(self, obj: ObjectKey) -> None:
         for key in self._keys_of.pop(obj, ()):
-            values = self._by_key[key]
-            del values[obj]
-            if not values:
+            found = self._by_key[key]
+            if isinstance(found, tuple):
                 del self._by_key[key]
+                continue
+            del found[obj]
+            if len(found) == 1:
+                self._by_key[key] = next(iter(found.items()))
 
     def __getitem__(self, key: K) -> Collection[V]:
-        return self._by_key[key].values()
+        found = self._by_key[key]
+        return (found[1],) if isinstance(found, tuple) else found.values()
 
     def __iter__(self) -> Iterator[K]:
         return iter(self._by_key)

@@ -42,6 +42,23 @@ def test_an_objects_entries_replace_its_earlier_ones_and_go_with_it() -> None:
     assert index.get("x", ()) == ()
 
 
+def test_values_are_kept_apart_when_objects_share_a_key_and_come_and_go() -> None:
+    index: Index[str, int] = Index()
+    for number, name in enumerate(("a", "b", "c")):
+        index.put(("ns", name), {"shared": number})
+    assert sorted(index["shared"]) == [0, 1, 2]
+    index.drop(("ns", "b"))
+    assert sorted(index["shared"]) == [0, 2]
+    index.drop(("ns", "a"))
+    assert list(index["shared"]) == [2]
+    index.put(("ns", "a"), {"shared": 5})
+    assert sorted(index["shared"]) == [2, 5]
+    index.drop(("ns", "c"))
+    index.drop(("ns", "a"))
+    assert "shared" not in index
+    assert len(index) == 0
+
+
 def test_a_callback_files_its_claim_secrets_and_account() -> None:
     inventory = Inventory()
     inventory.callback_seen(
