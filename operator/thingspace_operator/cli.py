@@ -125,13 +125,12 @@ def run_operator(config: OperatorConfig) -> None:
 
 
 def tune_gc() -> None:
-    """Fewer, cheaper cyclic collections: they took ~12 % of the CPU of converging 1000
-    resources (docs/performance.md). The ~90,000 objects of the imported modules live as
-    long as the process, so no full collection needs to walk them; and each kopf event makes
-    thousands of short-lived containers, so collecting every 700 allocations was mostly
-    wasted work (gen 1 ran ~60 times in that burst at ~8 ms each)."""
+    """The objects of the imported modules live as long as the process: frozen, no full
+    collection walks them again. The collection thresholds stay Python's: collecting the
+    young generation every 10,000 allocations instead of 700 saved some CPU but let the
+    garbage of a burst pile up, 128 -> 151 MB at the peak of converging 10,000 resources
+    (docs/performance.md)."""
     gc.freeze()
-    gc.set_threshold(10_000, 50, 100)
 
 
 def configure_logging(config: OperatorConfig) -> None:
