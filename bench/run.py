@@ -572,7 +572,9 @@ def render_restart(results: list[Result]) -> list[str]:
         "",
         "S6 restart over the converged fleet, then S2 steady state on that process. Resumed: "
         "from the start of the process until every resource was reconciled (the operator's "
-        "`thingspace_reconciles_total`); each resume compares the resource with the live list.",
+        "`thingspace_reconciles_total`); each resume compares the resource with the live list. "
+        "Within one period: the benchmark's short drift period (the operator's default is "
+        "300 s).",
         "",
         "| N | S6 resumed (s) | within one period | S6 calls | S6 bound | S6 registers "
         "| S6 k8s writes | S2 calls/period | S2 bound | S2 k8s writes/period |",
