@@ -61,7 +61,7 @@ class Tracked:
         return dict(json.loads(self.status_json))
 
     @classmethod
-    def of(cls, body: Mapping[str, Any]) -> "Tracked":
+    def of(cls, body: Mapping[str, Any], claim: Claim | None = None) -> "Tracked":
         meta = body.get("metadata") or {}
         namespace = sys.intern(str(meta.get("namespace") or ""))
         spec = body.get("spec") or {}
@@ -69,7 +69,7 @@ class Tracked:
             namespace=namespace,
             name=str(meta.get("name")),
             generation=meta.get("generation"),
-            claim=claim_of(meta, namespace),
+            claim=claim or claim_of(meta, namespace),
             registration=claim_key(spec),
             spec_json=_json(spec),
             status_json=_json(_checked_status(body.get("status") or {})),
@@ -146,10 +146,10 @@ class DriftSweep:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def track(self, body: Mapping[str, Any]) -> Tracked:
-        tracked = Tracked.of(body)
+    def track(self, body: Mapping[str, Any], claim: Claim | None = None) -> None:
+        """``claim``: the resource's claim, if made of this body already (one is kept)."""
+        tracked = Tracked.of(body, claim)
         self._tracked[tracked.key] = tracked
-        return tracked
 
     def forget(self, namespace: str, name: str) -> None:
         for bookkeeping in (self._tracked, self._handled_at, self._requested, self._secrets_read):

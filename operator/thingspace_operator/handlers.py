@@ -124,8 +124,9 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
             runtime.inventory.callback_gone(*key)
             runtime.sweep.forget(*key)
         else:
-            tracked = runtime.sweep.track(body)
-            runtime.inventory.callback_seen(body, tracked.claim)  # one Claim kept, not two
+            # The inventory first: an object it has seen never holds up the start-up.
+            claim = runtime.inventory.callback_seen(body)
+            runtime.sweep.track(body, claim)
 
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(

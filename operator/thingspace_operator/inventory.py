@@ -10,13 +10,14 @@ once, so a resource never takes a registration that an older one, not yet seen, 
 """
 
 import asyncio
-import functools
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from .account import AccountSpec
 from .kube.claims import Claim, claim_key, claim_of
+from .kube.connection import KubeApiError
 from .kube.secrets import referenced_secrets
 from .model import InvalidSpec
 
@@ -85,14 +86,14 @@ class Inventory:
 
     # Fed by the event handlers.
 
-    def callback_seen(self, body: Mapping[str, Any], claim: Claim | None = None) -> None:
-        """``claim``: the callback's claim, if already made of this body."""
+    def callback_seen(self, body: Mapping[str, Any]) -> Claim:
+        """File the callback; its claim (the drift sweep keeps the same one)."""
         meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+        namespace, name = sys.intern(str(meta.get("namespace") or "")), str(meta.get("name"))
         spec = body.get("spec") or {}
         obj = (namespace, name)
         key = claim_key(spec)
-        claim = claim or claim_of(meta, namespace)
+        claim = claim_of(meta, namespace)
         self.claims.put(obj, {key: claim} if key else {})
         self.secret_users.put(
             obj, {(namespace, secret): name for secret in referenced_secrets(spec)}
@@ -101,6 +102,7 @@ class Inventory:
         account = ref.get("name") if isinstance(ref, Mapping) else None
         self.account_users.put(obj, {account: obj} if isinstance(account, str) else {})
         self._saw(CALLBACK, obj)
+        return claim
 
     def callback_gone(self, namespace: str, name: str) -> None:
         obj = (namespace, name)
@@ -161,29 +163,29 @@ class Inventory:
 
 
 Lister = Callable[[], Awaitable[list[Listed]]]
-Exists = Callable[[Listed], Awaitable[bool]]
+LONGEST_POLL = 30.0
 
 
-async def fill(inventory: Inventory, list_all: Lister, exists: Exists, poll: float = 2.0) -> None:
+async def fill(inventory: Inventory, list_all: Lister, poll: float = 2.0) -> None:
     """List every watched object once (names only), then wait until the events have shown
-    each. One that stays unseen while the events make no progress is looked up by name:
-    deleted before kopf listed, it is let go."""
+    each. While the events make no progress, the names are listed again: an object no
+    longer there was deleted before kopf listed it, and is let go. The wait between
+    listings doubles while nothing changes."""
     inventory.expect(await _retrying(list_all, "list the watched objects"))
-    left = len(inventory.awaited())
+    left, wait = len(inventory.awaited()), poll
     while not inventory.complete:
         try:
-            await asyncio.wait_for(inventory.wait_complete(), poll)
+            await asyncio.wait_for(inventory.wait_complete(), wait)
             return
         except TimeoutError:
             pass
-        awaited = inventory.awaited()
-        if len(awaited) < left:  # still arriving
-            left = len(awaited)
+        if len(inventory.awaited()) < left:  # still arriving
+            left, wait = len(inventory.awaited()), poll
             continue
-        for obj in sorted(awaited):
-            if not await _retrying(functools.partial(exists, obj), "look an object up"):
-                inventory.confirm_gone(obj)
-        left = len(inventory.awaited())
+        listed = set(await _retrying(list_all, "list the watched objects again"))
+        for obj in inventory.awaited() - listed:
+            inventory.confirm_gone(obj)
+        left, wait = len(inventory.awaited()), min(wait * 2, LONGEST_POLL)
         if left:
             log.info("Waiting for %d objects listed at start-up to be seen", left)
 
@@ -195,6 +197,12 @@ async def _retrying(call: Callable[[], Awaitable[V]], what: str) -> V:
         try:
             return await call()
         except Exception as exc:
-            log.warning("Could not %s (%s); again in %.0f s", what, type(exc).__name__, delay)
+            log.warning("Could not %s (%s); again in %.0f s", what, _described(exc), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
+
+
+def _described(exc: Exception) -> str:
+    """The API server's status and reason (a 403 needs RBAC fixed); of anything else, the
+    type only: its message could quote a response."""
+    return str(exc) if isinstance(exc, KubeApiError) else type(exc).__name__

@@ -191,7 +191,7 @@ class Runtime:
         """List the watched objects' names once, in the background, so that the inventory
         knows when the events have shown every one of them."""
         self.inventory_task = asyncio.create_task(
-            fill(self.inventory, self._list_watched, self._exists), name="inventory"
+            fill(self.inventory, self._list_watched), name="inventory"
         )
 
     def _callbacks_paths(self) -> list[str]:
@@ -208,13 +208,6 @@ class Runtime:
         ]
         accounts = await self.resources.names(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}")
         return listed + [(ACCOUNT, ("", name)) for _, name in accounts]
-
-    async def _exists(self, listed: Listed) -> bool:
-        kind, (namespace, name) = listed
-        if kind == ACCOUNT:
-            return await self.resources.exists(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}/{name}")
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
-        return await self.resources.exists(path)
 
     async def verify_crd_served(self) -> None:
         """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the

@@ -105,16 +105,6 @@ class CallbackResources:
             if not token:
                 return found
 
-    async def exists(self, path: str) -> bool:
-        async with self._client().get(
-            self._connection.url(path), headers=self._connection.headers(), timeout=TIMEOUT
-        ) as response:
-            if response.status == 404:
-                return False
-            if response.status >= 300:
-                raise KubeApiError(response.status, response.reason)
-        return True
-
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = self._connection.session()
