@@ -52,7 +52,9 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
         inventory = runtime.inventory
         if type == "DELETED":
             inventory.account_gone(name)
-        seen = inventory.account_seen(name, body.get("spec") or {}) if type != "DELETED" else None
+            seen = None
+        else:
+            seen = inventory.account_seen(name, body.get("spec") or {})
         await inventory.wait_complete()  # the report names the callbacks that manage each
         first_sight = name not in runtime.seen_accounts
         previous = runtime.seen_accounts.get(name)

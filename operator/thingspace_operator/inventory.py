@@ -79,7 +79,7 @@ class Inventory:
         self.claims: Index[tuple[str, str], Claim] = Index()
         self.secret_users: Index[ObjectKey, str] = Index()  # (namespace, Secret) -> names
         self.account_users: Index[str, ObjectKey] = Index()  # account -> callbacks
-        self.accounts: Index[str, AccountSpec] = Index()  # by object name; invalid: absent
+        self.accounts: dict[str, AccountSpec] = {}  # by object name; invalid: absent
         self._complete = asyncio.Event()
         self._seen: set[Listed] | None = set()  # until complete: what the events showed
         self._awaited: set[Listed] | None = None  # found by the listing, not seen yet
@@ -117,12 +117,15 @@ class Inventory:
             parsed: AccountSpec | None = AccountSpec.parse(name, spec)
         except InvalidSpec:
             parsed = None
-        self.accounts.put(("", name), {name: parsed} if parsed else {})
+        if parsed is None:
+            self.accounts.pop(name, None)
+        else:
+            self.accounts[name] = parsed
         self._saw(ACCOUNT, ("", name))
         return parsed
 
     def account_gone(self, name: str) -> None:
-        self.accounts.drop(("", name))
+        self.accounts.pop(name, None)
         self._saw(ACCOUNT, ("", name))
 
     # Completeness.

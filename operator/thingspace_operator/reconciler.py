@@ -118,7 +118,7 @@ class Runtime:
         )
 
     def account(self, name: str) -> AccountSpec | None:
-        return next(iter(self.inventory.accounts.get(name, ())), None)
+        return self.inventory.accounts.get(name)
 
     async def ask_to_reconcile(self, callbacks: Iterable[tuple[str, str]]) -> None:
         """Set the reconcile-now annotation on each (namespace, name). One that cannot be
@@ -143,8 +143,7 @@ class Runtime:
         return sorted(
             {
                 user
-                for name, specs in self.inventory.accounts.items()
-                for spec in specs
+                for name, spec in self.inventory.accounts.items()
                 if (spec.secret_namespace or self.own_namespace, spec.secret_name) == key
                 for user in self.inventory.account_users.get(name, ())
             }
@@ -154,17 +153,12 @@ class Runtime:
         """The Secrets ThingSpaceAccounts keep their credentials in."""
         return {
             (spec.secret_namespace or self.own_namespace, spec.secret_name)
-            for specs in self.inventory.accounts.values()
-            for spec in specs
+            for spec in self.inventory.accounts.values()
         }
 
     def account_names(self) -> dict[str, str]:
         """ThingSpaceAccount name -> the billing account it holds."""
-        return {
-            name: spec.account_name
-            for name, specs in self.inventory.accounts.items()
-            for spec in specs
-        }
+        return {name: spec.account_name for name, spec in self.inventory.accounts.items()}
 
     def lock_for(self, account: str, service: str) -> asyncio.Lock:
         """One registration is changed by one reconcile at a time (handler vs drift check).

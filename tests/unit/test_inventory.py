@@ -85,7 +85,7 @@ def test_a_callback_files_its_claim_secrets_and_account() -> None:
 def test_an_invalid_account_is_not_filed() -> None:
     inventory = Inventory()
     assert inventory.account_seen("fleet", ACCOUNT_SPEC) is not None
-    assert [spec.account_name for spec in inventory.accounts["fleet"]] == ["0000123456-00001"]
+    assert inventory.accounts["fleet"].account_name == "0000123456-00001"
     assert inventory.account_seen("fleet", {"accountName": 7}) is None
     assert "fleet" not in inventory.accounts
 
