@@ -46,10 +46,13 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
     ) -> None:
         """Keep each account's body for the report after each sweep; report a new or
         changed account at once; and ask its callbacks to reconcile when its spec changed
-        (they may have become allowed or not, or use other credentials). No kopf state is
-        kept on accounts: the platform team's objects get no annotations or finalizers."""
+        (they may have become allowed or not, or use other credentials), or when it was
+        created while the operator runs (a callback applied with it may have found it
+        missing). No kopf state is kept on accounts: the platform team's objects get no
+        annotations or finalizers."""
         runtime: Runtime = memo["runtime"]
         inventory = runtime.inventory
+        created_while_running = inventory.complete  # not one of those listed at start-up
         if type == "DELETED":
             inventory.account_gone(name)
             seen = None
@@ -59,15 +62,15 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
         first_sight = name not in runtime.seen_accounts
         previous = runtime.seen_accounts.get(name)
         runtime.seen_accounts[name] = seen
+        # At start-up every callback resumes anyway; a status write changes nothing.
+        if created_while_running if first_sight else previous != seen:
+            await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
         if type == "DELETED":  # its name stays seen: a re-creation is a change
             runtime.account_bodies.pop(name, None)
         else:
             runtime.account_bodies[name] = dict(body)
             if first_sight or previous != seen:
                 await report_one(runtime, inventory.claims, name, body, time.monotonic())
-        if first_sight or previous == seen:
-            return  # at startup every callback resumes anyway; or only the status changed
-        await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
 
 
 async def report_accounts(runtime: Runtime, claims: Any, since: float) -> None:
