@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .kube.claims import Claim, claim_key, claim_of
+from .model import KOPF_ANNOTATION_PREFIX, KOPF_EARLIER_DIFFBASE_KEY
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
@@ -40,9 +41,13 @@ class Tracked:
     registration: tuple[str, str] | None  # (account, service), as the claims index keys it
     spec_json: str
     status_json: str
+    uid: str = ""
     credentials_failed: bool = False
     """Its last reconcile failed on its Secret: checked every period, so a Secret that is
     created or fixed heals it within one period even when no watch reports it."""
+    current: bool = False
+    """Its status reports its current generation: a handler has finished with it. kopf
+    runs no handler for such a resource after a restart, so the first sweep checks it."""
 
     @property
     def key(self) -> Key:
@@ -65,6 +70,7 @@ class Tracked:
         meta = body.get("metadata") or {}
         namespace = sys.intern(str(meta.get("namespace") or ""))
         spec = body.get("spec") or {}
+        status = body.get("status") or {}
         return cls(
             namespace=namespace,
             name=str(meta.get("name")),
@@ -72,8 +78,10 @@ class Tracked:
             claim=claim or claim_of(meta, namespace),
             registration=claim_key(spec),
             spec_json=_json(spec),
-            status_json=_json(_checked_status(body.get("status") or {})),
-            credentials_failed=_synced_reason(body) in CREDENTIAL_FAILURES,
+            status_json=_json(_checked_status(status)),
+            uid=str(meta.get("uid") or ""),
+            credentials_failed=_synced_reason(status) in CREDENTIAL_FAILURES,
+            current=_settled(meta, status),
         )
 
 
@@ -82,8 +90,22 @@ CREDENTIAL_FAILURES = frozenset(
 )
 
 
-def _synced_reason(body: Mapping[str, Any]) -> str:
-    for condition in (body.get("status") or {}).get("conditions") or ():
+def _settled(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """A handler has finished with this generation: the status reports it, and kopf
+    holds no progress of a handler it still retries."""
+    generation = meta.get("generation")
+    if generation is None or status.get("observedGeneration") != generation:
+        return False
+    return not any(_is_progress(key) for key in meta.get("annotations") or ())
+
+
+def _is_progress(annotation: str) -> bool:
+    prefix, _, key = annotation.partition("/")
+    return prefix == KOPF_ANNOTATION_PREFIX and key != KOPF_EARLIER_DIFFBASE_KEY
+
+
+def _synced_reason(status: Mapping[str, Any]) -> str:
+    for condition in status.get("conditions") or ():
         if condition.get("type") == "Synced" and condition.get("status") == "False":
             return str(condition.get("reason"))
     return ""
@@ -109,7 +131,8 @@ def window_start(period: float, now: float | None = None) -> float:
     return moment - (moment % period)
 
 
-Check = Callable[[Tracked, float], Awaitable[None]]
+Check = Callable[[Tracked, float, bool], Awaitable[None]]
+"""A check of one resource: (resource, start of the period, whether the sweep resumes)."""
 
 
 class DriftSweep:
@@ -183,32 +206,42 @@ class DriftSweep:
     def __len__(self) -> int:
         return len(self._tracked)
 
-    def due(self, now: float) -> list[Tracked]:
-        """Resources to check now: not being deleted, and last reconciled by a handler at
+    def due(self, now: float, resuming: bool = False) -> list[Tracked]:
+        """Resources to check now: not being deleted, and last reconciled or checked at
         least a period ago.
 
-        kopf hands every resource to a create or resume handler first; until that has
-        run, the resource is the handler's, not the sweep's. Skipping the recently
+        A new or changed resource goes to kopf's create or update handler first; until
+        that has run, it is the handler's, not the sweep's. Skipping the recently
         reconciled keeps a burst of new resources from paying for a second list per
-        account, and a reconcile request each, while they converge.
+        account, and a reconcile request each, while they converge. After a restart kopf
+        runs no handler for an unchanged resource: the first sweep (``resuming``) checks it.
         """
         return [
             tracked
             for key, tracked in self._tracked.items()
-            if not tracked.claim.deleting
-            and (tracked.credentials_failed or now - self._handled_at.get(key, now) >= self.period)
+            if not tracked.claim.deleting and self._is_due(key, tracked, now, resuming)
         ]
 
+    def _is_due(self, key: Key, tracked: Tracked, now: float, resuming: bool) -> bool:
+        if tracked.credentials_failed:
+            return True
+        handled = self._handled_at.get(key)
+        if handled is None:
+            return resuming and tracked.current
+        return now - handled >= self.period
+
     async def run(self, check: Check, first: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Sweep at the start of every period until cancelled."""
+        """Resume every unchanged resource once ``first`` has returned, then sweep at the
+        start of every period until cancelled."""
         if first is not None:
             await first()
+        await self.sweep(check, time.monotonic(), resuming=True)
         while True:
             now = time.monotonic()
             await asyncio.sleep(window_start(self.period, now) + self.period - now)
             await self.sweep(check, window_start(self.period))
 
-    async def sweep(self, check: Check, since: float) -> None:
+    async def sweep(self, check: Check, since: float, resuming: bool = False) -> None:
         """Check every due resource, accounts side by side, each account's in turn: the
         first check of an account lists it, the rest reuse that list."""
         if self._before_each is not None:
@@ -216,18 +249,23 @@ class DriftSweep:
                 await self._before_each()
             except Exception:
                 log.exception("Preparing the drift sweep failed")
-        by_account = _group(self.due(since), lambda t: t.account)
+        by_account = _group(self.due(since, resuming), lambda t: t.account)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one_account(resources: list[Tracked]) -> None:
             async with gate:
                 for tracked in resources:
                     try:
-                        await check(tracked, since)
+                        await check(tracked, since, resuming)
                     except Exception:  # one bad resource must not stop the sweep
                         log.exception("Drift check of %s/%s failed", *tracked.key)
 
         await asyncio.gather(*(one_account(group) for group in by_account.values()))
+        if resuming:
+            # Whatever a handler has not reconciled by now is checked from the next period
+            # on, as if this sweep had: none is left to a handler that never runs.
+            for key in self._tracked:
+                self._handled_at.setdefault(key, since)
         if self._after_each is not None:
             try:
                 await self._after_each(since)

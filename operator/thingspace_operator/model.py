@@ -22,6 +22,9 @@ PLURAL = "thingspacecallbacks"
 KIND = "ThingSpaceCallback"
 FINALIZER = "thingspace.io/deregister"
 RECONCILE_REQUESTED_ANNOTATION = "thingspace.io/reconcile-requested-at"
+# kopf's own bookkeeping; kept apart from thingspace.io/ so user annotations there count.
+KOPF_ANNOTATION_PREFIX = "kopf.thingspace.io"
+KOPF_EARLIER_DIFFBASE_KEY = "last-handled-configuration"  # before it moved into status
 
 E = TypeVar("E", bound=enum.StrEnum)
 

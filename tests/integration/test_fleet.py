@@ -16,6 +16,7 @@ from tests.conftest import (
     eventually,
     quiet_period,
 )
+from tests.integration.test_metrics import scrape, value
 from tests.simctl import SimControl
 from thingspace_operator.model import FINALIZER, RECONCILE_REQUESTED_ANNOTATION
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
@@ -146,6 +147,58 @@ async def test_after_a_restart_no_younger_claimant_takes_the_registration(
     )
     assert await ctl.calls("register") == 0
     assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/owner"
+
+
+async def test_a_restart_checks_every_unchanged_resource_at_once_and_writes_nothing_else(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl, k8s
+) -> None:
+    """kopf runs no handler for an unchanged resource after a restart: the first drift
+    sweep checks each one at once (not a period later), with one list per account. It
+    corrects what drifted while nobody watched and writes nothing for the rest."""
+    accounts = ["0000000001-00001", "0000000002-00001"]
+    pairs = [(a, s) for a in accounts for s in CALLBACK_SERVICE_NAMES[:5]]
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    first = await start_operator()
+    names = [f"cb-{i}" for i in range(len(pairs))]
+    for name, (account, service) in zip(names, pairs, strict=True):
+        await cluster.create_callback(name, accountName=account, serviceName=service, url=URL)
+    await eventually(lambda: all(ready(cluster, n) for n in names), timeout=30, what="Ready")
+    await quiet_period(0.5)  # status patches trailing the last Ready
+    await start_operator.stop(first)
+    await ctl.delete_registration(*pairs[0])  # removed by hand while the operator was down
+    await ctl.request("DELETE", "requests")
+    k8s.verb_counts = None
+
+    restarted = await start_operator(resync_seconds=3600.0)  # no periodic sweep in this test
+    await eventually(
+        lambda: _registered(ctl, pairs[0]), timeout=10, what="the drift corrected at start-up"
+    )
+    await eventually(lambda: _resumed(restarted, len(pairs) - 1), what="every other one checked")
+    await quiet_period(0.5)
+    writes = {key: n for key, n in (k8s.verb_counts or {}).items() if key[0] != "GET"}
+    # The corrected one: a reconcile request, its status and its Event; nothing for the rest.
+    assert writes == {("PATCH", ""): 1, ("PATCH", "status"): 1, ("POST", ""): 1}, writes
+    assert await ctl.counts() == {
+        ("token", 200): 1,
+        ("login", 200): 1,
+        ("list", 200): len(accounts),
+        ("register", 200): 1,
+    }
+    samples = await scrape(restarted)
+    assert value(samples, "thingspace_callbacks", condition="Ready", status="True") == len(pairs)
+
+
+async def _registered(ctl: SimControl, pair: tuple[str, str]) -> bool:
+    account, service = pair
+    return any(item["serviceName"] == service for item in (await ctl.registrations())[account])
+
+
+async def _resumed(runtime: Any, count: int) -> bool:
+    samples = await scrape(runtime)
+    return (
+        value(samples, "thingspace_reconciles_total", trigger="resume", result="ReconcileSuccess")
+        == count
+    )
 
 
 async def test_deleting_the_conflicting_resource_never_deregisters(

@@ -1,5 +1,6 @@
 """The drift sweep's bookkeeping: what is due, who owns what, one check per resource."""
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +22,13 @@ def body(name: str, account: str = "0000000001-00001", service: str = "QoS", **m
         "spec": {"accountName": account, "serviceName": service, "url": "https://x.example/"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
+
+
+def settled(name: str, **meta: Any) -> dict:
+    """A resource a handler finished with before a restart: its status has its generation."""
+    raw = body(name, **meta)
+    raw["status"]["observedGeneration"] = raw["metadata"]["generation"]
+    return raw
 
 
 CONTESTED = [
@@ -99,7 +107,7 @@ async def test_sweep_checks_each_due_resource_once() -> None:
         sweep.handled("iot", name, at=0.0)
     seen: list[tuple[str, float]] = []
 
-    async def check(tracked: Tracked, since: float) -> None:
+    async def check(tracked: Tracked, since: float, resuming: bool) -> None:
         seen.append((tracked.name, since))
 
     await sweep.sweep(check, 200.0)
@@ -128,10 +136,66 @@ async def test_one_failing_check_does_not_stop_the_sweep() -> None:
         sweep.handled("iot", name, at=-PERIOD)
     checked = []
 
-    async def check(tracked: Tracked, since: float) -> None:
+    async def check(tracked: Tracked, since: float, resuming: bool) -> None:
         checked.append(tracked.name)
         if tracked.name == "a":
             raise RuntimeError("boom")
 
     await sweep.sweep(check, 0.0)
     assert sorted(checked) == ["a", "b", "c"]
+
+
+def test_a_resource_is_settled_when_its_status_has_its_generation_and_kopf_no_progress() -> None:
+    assert Tracked.of(settled("a")).current
+    assert not Tracked.of(body("new")).current  # never reported
+    changed = settled("changed")
+    changed["metadata"]["generation"] = 2  # its spec changed while nobody watched
+    assert not Tracked.of(changed).current
+    retried = settled("retried", annotations={"kopf.thingspace.io/reconcile": "{}"})
+    assert not Tracked.of(retried).current  # kopf retries its handler
+    earlier = settled(
+        "upgraded", annotations={"kopf.thingspace.io/last-handled-configuration": "{}"}
+    )
+    assert Tracked.of(earlier).current  # the handled configuration of earlier versions
+
+
+async def test_the_first_sweep_resumes_settled_resources_and_leaves_new_ones_to_handlers() -> None:
+    sweep = DriftSweep(PERIOD)
+    sweep.track(settled("unchanged"))
+    sweep.track(body("created-meanwhile"))
+    sweep.track(settled("deleting", deletionTimestamp="2026-01-02T00:00:00Z"))
+    assert sweep.due(100.0) == []  # a later sweep: never handled, not due
+    resumed: list[tuple[str, bool]] = []
+
+    async def check(tracked: Tracked, since: float, resuming: bool) -> None:
+        resumed.append((tracked.name, resuming))
+
+    await sweep.sweep(check, 100.0, resuming=True)
+    assert resumed == [("unchanged", True)]
+    # From now on every resource is checked once per period, even one whose handler never
+    # ran after all, unless a handler reconciles it meanwhile.
+    sweep.handled("iot", "unchanged", at=105.0)
+    assert [t.name for t in sweep.due(110.0)] == ["created-meanwhile"]
+    assert [t.name for t in sweep.due(115.0)] == ["unchanged", "created-meanwhile"]
+
+
+async def test_run_resumes_once_the_start_up_is_complete() -> None:
+    sweep = DriftSweep(3600.0)
+    sweep.track(settled("a"))
+    complete = asyncio.Event()
+    resumed = asyncio.Event()
+    seen: list[tuple[bool, bool]] = []
+
+    async def check(tracked: Tracked, since: float, resuming: bool) -> None:
+        seen.append((complete.is_set(), resuming))
+        resumed.set()
+
+    sweep.start(check, first=complete.wait)
+    try:
+        await asyncio.sleep(0)
+        assert not resumed.is_set()
+        complete.set()
+        await asyncio.wait_for(resumed.wait(), 5)
+    finally:
+        await sweep.stop()
+    assert seen == [(True, True)]  # once, as the resuming sweep, after the start-up
