@@ -12,7 +12,7 @@ import sysconfig
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,27 @@ def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]
         for item in items
         if name is None or item.get("involvedObject", {}).get("name") == name
     ]
+
+
+def remove_test_objects(
+    plane: Cluster, namespaces: Iterable[str], secret_namespace: str, operator_running: bool
+) -> None:
+    """A module's teardown, pass or fail: delete the callbacks of its namespaces (let go by
+    its operator when it still runs), the ThingSpaceAccounts whose Secret lives in its
+    release namespace ``secret_namespace``, and the namespaces. A failed test so leaves
+    nothing behind for a later module's operator, which watches the whole cluster too."""
+    for namespace in namespaces:
+        remove_callbacks(plane, namespace, deregister=operator_running)
+    listed = plane.kubectl("get", "tsa", "-o", "json", check=False)
+    accounts = [
+        item["metadata"]["name"]
+        for item in (json.loads(listed.stdout)["items"] if listed.returncode == 0 else [])
+        if (item["spec"].get("credentialsSecretRef") or {}).get("namespace") == secret_namespace
+    ]
+    if accounts:
+        plane.kubectl("delete", "tsa", *accounts, "--timeout=60s", check=False)
+    for namespace in namespaces:
+        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def remove_callbacks(plane: Cluster, namespace: str, deregister: bool) -> None:

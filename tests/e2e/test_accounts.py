@@ -17,6 +17,7 @@ from tests.e2e.cluster import (
     callback_manifest,
     condition,
     eventually,
+    remove_test_objects,
     secret_manifest,
     settled,
     unique,
@@ -62,6 +63,7 @@ def setup(
     try:
         yield Setup(plane, sim, release, team, operator)
     finally:
+        remove_test_objects(plane, [team], release.namespace, operator_running=True)
         operator.stop()
         release.uninstall()
 

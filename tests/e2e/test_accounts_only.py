@@ -15,6 +15,7 @@ from tests.e2e.cluster import (
     events,
     eventually,
     needs_control,
+    remove_test_objects,
     secret_manifest,
     unique,
     wait_ready,
@@ -69,5 +70,6 @@ def test_an_account_only_install_reads_secrets_in_its_own_namespace_only(
         assert secrets
         assert {r.namespace for r in secrets} == {release.namespace}
     finally:
+        remove_test_objects(plane, [team], release.namespace, operator_running=True)
         operator.stop()
         release.uninstall()

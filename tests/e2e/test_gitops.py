@@ -19,6 +19,7 @@ from tests.e2e.cluster import (
     Simulator,
     apply,
     eventually,
+    remove_test_objects,
     secret_manifest,
     unique,
     wait_ready,
@@ -122,6 +123,6 @@ def test_export_apply_adopts_with_zero_writes_and_the_plugin_reports_status(
         assert planned.returncode == 0, planned.stdout + planned.stderr
         assert "keep" in planned.stdout  # DeviceUsage: declared nowhere, left alone
     finally:
+        remove_test_objects(plane, [team], release.namespace, operator_running=True)
         operator.stop()
-        plane.kubectl("-n", team, "delete", "tscb", "--all", "--timeout=60s", check=False)
         release.uninstall()

@@ -19,6 +19,7 @@ from tests.e2e.cluster import (
     callback_manifest,
     eventually,
     needs_control,
+    remove_test_objects,
     secret_manifest,
     settled,
     unique,
@@ -64,6 +65,9 @@ def setup(plane: Cluster, sim: Simulator, tmp_path: Path) -> Iterator[Setup]:
     try:
         yield state
     finally:
+        remove_test_objects(
+            plane, [namespace], release.namespace, operator_running=state.operator is not None
+        )
         state.stop_operator()
         release.helm("uninstall", release.name, "--namespace", release.namespace, check=False)
 

@@ -23,6 +23,7 @@ from tests.e2e.cluster import (
     events,
     eventually,
     needs_control,
+    remove_test_objects,
     secret_manifest,
     settled,
     status_of,
@@ -86,6 +87,8 @@ def installed(
         operator = OperatorProcess(release, sim, workdir).start()
         yield Installation(plane, sim, release, operator, namespaces, unwatched, mode)
     finally:
+        running = operator is not None
+        remove_test_objects(plane, [*namespaces, unwatched], release.namespace, running)
         if operator is not None:
             operator.stop()
         release.uninstall()
