@@ -43,7 +43,6 @@ from .reconciler import READY, Outcome, Runtime, Trigger
 from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
-ANNOTATION_PREFIX = KOPF_ANNOTATION_PREFIX
 ClaimsIndex = Mapping[tuple[str, str], Iterable[Claim]]
 SecretUsers = Mapping[tuple[str, str], Iterable[str]]  # (namespace, Secret) -> names
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
@@ -90,7 +89,7 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
 
     # No resume handler: after a restart the first drift sweep checks every unchanged
     # resource, one list per account, without kopf's per-handler bookkeeping
-    # (docs/performance.md: it resumed 5000 resources in 35 % less CPU).
+    # (docs/performance.md, S6).
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, field="spec", registry=registry)
     async def reconcile(retry: int, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -323,7 +322,7 @@ class HandledConfiguration(kopf.StatusDiffBaseStorage):
     def __init__(self) -> None:
         super().__init__(field="status.lastHandledConfiguration")
         self._earlier = kopf.AnnotationsDiffBaseStorage(
-            prefix=ANNOTATION_PREFIX, key=KOPF_EARLIER_DIFFBASE_KEY
+            prefix=KOPF_ANNOTATION_PREFIX, key=KOPF_EARLIER_DIFFBASE_KEY
         )
 
     def build(
@@ -339,7 +338,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.persistence.finalizer = FINALIZER
     # kopf's progress of retried handlers goes to annotations, never into our status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX
+        prefix=KOPF_ANNOTATION_PREFIX
     )
     settings.persistence.diffbase_storage = HandledConfiguration()
     # A watch that silently stalls is kopf's best-known failure: bound both sides.

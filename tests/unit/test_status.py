@@ -4,8 +4,9 @@ import json
 
 import kopf
 
-from thingspace_operator.handlers import ANNOTATION_PREFIX, HandledConfiguration
+from thingspace_operator.handlers import HandledConfiguration
 from thingspace_operator.kube.status import Condition, changed_fields, condition, merge_conditions
+from thingspace_operator.model import KOPF_ANNOTATION_PREFIX
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -65,7 +66,7 @@ def test_condition_lookup_and_changed_fields() -> None:
 def test_handled_configuration_lives_in_status_and_reads_the_earlier_annotation() -> None:
     storage = HandledConfiguration()
     earlier = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     raw = {"metadata": {"name": "q", "annotations": {}}, "spec": {"url": "https://a"}}
     essence = storage.build(body=kopf.Body(raw))
