@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import sections
 from bench.stage import Stage, on_a_plane
-from tests.e2e.cluster import OperatorProcess, eventually, remove_callbacks
+from tests.e2e.cluster import OperatorProcess, eventually, remove_test_objects
 from tests.e2e.controlplane import Cluster
 from tests.e2e.proxies import Candidate, LoopThread, RecordingProxy
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
@@ -131,7 +131,7 @@ def trials_on(plane: Cluster, workdir: Path, args: argparse.Namespace) -> list[T
         return trials
     finally:
         alive = any(candidate.process.exit_code() is None for candidate in processes)
-        remove_callbacks(plane, bench.team, deregister=alive)
+        remove_test_objects(plane, [bench.team], bench.release.namespace, alive)
         for candidate in processes:
             candidate.process.stop()
             candidate.calls.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import metrics, sections
 from bench.stage import Stage, on_a_plane
-from tests.e2e.cluster import OperatorProcess, eventually, remove_callbacks
+from tests.e2e.cluster import OperatorProcess, eventually, remove_test_objects
 from tests.e2e.controlplane import Cluster
 from tests.e2e.rbac import used_requests
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
@@ -139,10 +139,8 @@ def measure(plane: Cluster, workdir: Path, args: argparse.Namespace) -> Figures:
         )
     finally:
         operator.stop()
-        # Nothing left for a later operator on this control plane: no finalizer to wait
-        # on, then the namespace with its callbacks and Secret goes.
-        remove_callbacks(plane, run.team, deregister=False)
-        plane.kubectl("delete", "namespace", run.team, "--wait=false", check=False)
+        # Nothing left for a later operator on this control plane.
+        remove_test_objects(plane, [run.team], run.release.namespace, operator_running=False)
         run.release.uninstall()
         run.close()
 

@@ -12,7 +12,7 @@ import sysconfig
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -366,7 +366,7 @@ def events(plane: Cluster, namespace: str, name: str | None = None) -> list[str]
 
 
 def remove_test_objects(
-    plane: Cluster, namespaces: Iterable[str], secret_namespace: str, operator_running: bool
+    plane: Cluster, namespaces: Sequence[str], secret_namespace: str, operator_running: bool
 ) -> None:
     """A module's teardown, pass or fail: delete the callbacks of its namespaces (let go by
     its operator when it still runs), the ThingSpaceAccounts whose Secret lives in its
@@ -382,8 +382,9 @@ def remove_test_objects(
     ]
     if accounts:
         plane.kubectl("delete", "tsa", *accounts, "--timeout=60s", check=False)
-    for namespace in namespaces:
-        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    # Waited for: a namespace being terminated still shows its callbacks to the next
+    # module's operator, whose Events there are then refused (403).
+    plane.kubectl("delete", "namespace", *namespaces, "--timeout=120s", check=False)
 
 
 def remove_callbacks(plane: Cluster, namespace: str, deregister: bool) -> None:

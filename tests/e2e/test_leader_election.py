@@ -26,7 +26,7 @@ from tests.e2e.cluster import (
     callback_manifest,
     eventually,
     needs_control,
-    remove_callbacks,
+    remove_test_objects,
     secret_manifest,
     unique,
 )
@@ -96,7 +96,7 @@ class HighAvailability:
 
     def clean_up(self) -> None:
         alive = any(c.process.exit_code() is None for c in self.candidates)
-        remove_callbacks(self.plane, self.team, deregister=alive)
+        remove_test_objects(self.plane, [self.team], self.release.namespace, alive)
 
     def registered(self) -> dict[tuple[str, str], str]:
         live = self.sim.request("GET", "registrations")
@@ -132,7 +132,6 @@ def ha(plane: Cluster, sim: Simulator, tmp_path: Path) -> Iterator[HighAvailabil
         for candidate in setup.candidates:
             candidate.process.stop()
             candidate.calls.close()
-        plane.kubectl("delete", "namespace", team, "--wait=false")
         release.uninstall()
         loop.stop()
 
