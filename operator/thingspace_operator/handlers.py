@@ -122,10 +122,12 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
             patch.status["lastHandledReconcileAt"] = str(new)
 
     @kopf.on.event(*resource, registry=registry)
-    async def track(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def track(type: str | None, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
         """Keep the inventory and the drift sweep's view of every resource current. kopf
         runs this before the object's other handlers, which may then wait for the rest."""
         runtime: Runtime = memo["runtime"]
+        # The object as received: kopf's body view resolves its path on every access.
+        body: Mapping[str, Any] = event.get("object") or {}
         if type == "DELETED":
             meta = body.get("metadata", {})
             key = (str(meta.get("namespace") or ""), str(meta.get("name")))
