@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import Release, apply, unique
+from tests.e2e.cluster import Release, apply, remove_test_objects, unique
 from tests.e2e.controlplane import Cluster
 from tests.unit.test_crd import ABSENT, BAD_VALUES, EXAMPLES, GOOD, edited
 
@@ -30,8 +30,11 @@ def namespace(plane: Cluster) -> Iterator[str]:
     release.install("--set", "secretWatch.enabled=false")
     name = unique("crd")
     plane.kubectl("create", "namespace", name)
-    yield name
-    release.uninstall()
+    try:
+        yield name
+    finally:
+        remove_test_objects(plane, [name], release.namespace, operator_running=False)
+        release.uninstall()
 
 
 def manifest(namespace: str, **edits: Any) -> dict[str, Any]:
