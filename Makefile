@@ -50,6 +50,7 @@ bench: $(STAMP) $(HELM) controlplane
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.handover
 	$(BIN)/python -m bench.realcp
+	$(BIN)/python -m bench.floor
 
 ## schema: regenerate the chart's values.schema.json from values.yaml
 schema: $(STAMP)

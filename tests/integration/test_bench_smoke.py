@@ -2,6 +2,7 @@
 
 import asyncio
 
+from bench import floor
 from bench.run import main, parse
 
 
@@ -23,3 +24,14 @@ def test_benchmark_harness_runs_end_to_end(capsys) -> None:
     assert "S6 restart over the converged fleet" in report
     assert "concurrent, same budget" in report
     assert "S5 crowded cluster, N=6: 10 unrelated Secrets" in report
+
+
+def test_the_kopf_floor_benchmark_makes_the_operators_writes() -> None:
+    """bench/floor.py compares like with like: the floor makes the operator's three
+    Kubernetes writes per resource, and the report has a row per N."""
+    args = floor.parse(["--smoke"])
+    results = asyncio.run(floor.run(args))
+    writes = {r["kind"]: r["writes_per_resource"] for r in results}
+    assert writes == {"operator": 3.0, "kopf floor": 3.0}
+    assert all(r["cpu_ms_per_resource"] > 0 for r in results)
+    assert "| 20 |" in floor.render(results, args)
