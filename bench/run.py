@@ -732,6 +732,10 @@ METHOD_NOTES = """
   processes over a converged fleet; the leader stopped with SIGTERM (rolling upgrade,
   drain) or kill -9 (lost node); time until the standby holds the Lease and makes its first
   ThingSpace call, and every call it makes while it resumes the fleet.
+- **kopf's floor** (`python -m bench.floor`): S1 converged by the operator and, in turn, by
+  a kopf operator with the same kopf settings that only writes Ready and posts an Event
+  (`bench/floor_operator.py`): the same three writes and watch events per resource, no
+  ThingSpace call. The difference in CPU per resource is the operator's own work.
 
 Run with `make bench` (defaults) or `python -m bench.run --help` (`python -m bench.handover
 --help` for the handover). A tiny version runs in the test suite
