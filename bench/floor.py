@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import sections
-from bench.run import ROOT, Harness, accounts_for, converge, declared
+from bench.run import ROOT, Harness, accounts_for, converge, declared, sizes
 from tests.harness.kube import emulated_kubernetes
 from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 
@@ -92,10 +92,6 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for n in args.scales:
         ours = [r for r in results if r["n"] == n and r["kind"] == "operator"]
         floor = [r for r in results if r["n"] == n and r["kind"] == "kopf floor"]
-
-        def median(rows: list[dict[str, Any]], key: str) -> float:
-            return statistics.median(r[key] for r in rows)
-
         cpu, floor_cpu = median(ours, "cpu_ms_per_resource"), median(floor, "cpu_ms_per_resource")
         lines.append(
             f"| {n} | {cpu:.2f} | {floor_cpu:.2f} | {cpu - floor_cpu:.2f} "
@@ -106,10 +102,13 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return sections.wrap("floor", "\n".join(lines) + "\n")
 
 
+def median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scales", type=lambda v: [int(x) for x in v.split(",")],
-                        default=[1000, 5000])  # fmt: skip
+    parser.add_argument("--scales", type=sizes, default=[1000, 5000])
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--latency", type=float, default=0.025)
     parser.add_argument("--smoke", action="store_true", help="N=20, one trial, no report")
