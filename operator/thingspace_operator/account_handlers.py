@@ -62,7 +62,8 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
         first_sight = name not in runtime.seen_accounts
         previous = runtime.seen_accounts.get(name)
         runtime.seen_accounts[name] = seen
-        # At start-up every callback resumes anyway; a status write changes nothing.
+        # At start-up every callback is checked anyway (by the first sweep or its
+        # handler); a status write changes nothing.
         if created_while_running if first_sight else previous != seen:
             await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
         if type == "DELETED":  # its name stays seen: a re-creation is a change

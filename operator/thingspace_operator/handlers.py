@@ -130,9 +130,7 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         body: Mapping[str, Any] = event.get("object") or {}
         if type == "DELETED":
             meta = body.get("metadata", {})
-            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
-            runtime.inventory.callback_gone(*key)
-            runtime.sweep.forget(*key)
+            runtime.forget_callback(str(meta.get("namespace") or ""), str(meta.get("name")))
         else:
             # The inventory first: an object it has seen never holds up the start-up.
             claim = runtime.inventory.callback_seen(body)
@@ -272,8 +270,8 @@ async def check_drift(
             # Not asked after all: a later request by someone else must list afresh.
             runtime.sweep.take_request(tracked.key)
             raise
-        if not exists:  # its deletion went unseen (a watch gap): stop checking it
-            runtime.sweep.forget(*tracked.key)
+        if not exists:  # its deletion went unseen (a watch gap): forget it everywhere
+            runtime.forget_callback(*tracked.key)
     else:
         trigger_label = "resume" if resuming else "drift_check"
         runtime.metrics.observe_reconcile(trigger_label, outcome.synced.reason, False)

@@ -117,6 +117,11 @@ class Runtime:
             sweep=DriftSweep(config.resync_seconds),
         )
 
+    def forget_callback(self, namespace: str, name: str) -> None:
+        """The callback is gone: its claim, Secret and account uses, and its drift checks."""
+        self.inventory.callback_gone(namespace, name)
+        self.sweep.forget(namespace, name)
+
     def account(self, name: str) -> AccountSpec | None:
         return self.inventory.accounts.get(name)
 

@@ -223,4 +223,6 @@ async def test_a_resource_deleted_unseen_leaves_the_drift_checks(
         sim, "PUT", f"/_sim/registrations/{ACCOUNT}/QoS", {"url": "https://evil.example/"}
     )
     await eventually(lambda: len(runtime.sweep) == 0, what="forgotten by the sweep")
+    # ... and by the inventory: its claim would keep any younger claimant in Conflict.
+    assert (ACCOUNT, "QoS") not in runtime.inventory.claims
     assert live(sim).url == "https://evil.example/"  # nothing written for a resource gone
