@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from .account import ACCOUNT_PLURAL, AccountSpec, CallbackPolicy
+from .inventory import ACCOUNT
 from .kube.claims import ACCOUNT_REF, Claim, claims_for, owner_among
 from .kube.status import (
     Condition,
@@ -52,7 +53,8 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
         annotations or finalizers."""
         runtime: Runtime = memo["runtime"]
         inventory = runtime.inventory
-        created_while_running = inventory.complete  # not one of those listed at start-up
+        listed = inventory.first_event(ACCOUNT, ("", name)) is not None
+        created_while_running = inventory.complete and not listed
         if type == "DELETED":
             inventory.account_gone(name)
             seen = None
@@ -150,7 +152,7 @@ async def prune(
         note = "Authoritative is inactive: this operator watches only some namespaces"
         return replace(ready, message=f"{ready.message}. {note}")
     if not runtime.inventory.complete:
-        return ready  # not every callback of the cluster seen yet: no judgement possible
+        return ready  # not every callback of the cluster known yet: no judgement possible
     watch = runtime.unmanaged
     period = runtime.config.resync_seconds
     for service, live in sorted(observation.callbacks.items()):

@@ -18,6 +18,7 @@ from . import reconciler
 from .account_handlers import register_account_handlers, report_accounts
 from .config import OperatorConfig
 from .drift import Tracked
+from .inventory import CALLBACK
 from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
 from .kube.secretwatch import SecretEvent
 from .kube.status import (
@@ -128,11 +129,14 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         runtime: Runtime = memo["runtime"]
         # The object as received: kopf's body view resolves its path on every access.
         body: Mapping[str, Any] = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        listed_version = runtime.inventory.first_event(CALLBACK, key)
         if type == "DELETED":
-            meta = body.get("metadata", {})
-            runtime.forget_callback(str(meta.get("namespace") or ""), str(meta.get("name")))
-        else:
-            # The inventory first: an object it has seen never holds up the start-up.
+            runtime.forget_callback(*key)
+        elif listed_version is None or listed_version != meta.get("resourceVersion"):
+            # Unless the start-up listing filed this very version (kopf's own listing
+            # shows every object again): filing it twice would double the start-up cost.
             claim = runtime.inventory.callback_seen(body)
             runtime.sweep.track(body, claim)
 
@@ -149,7 +153,9 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         **kwargs: Any,
     ) -> None:
         runtime: Runtime = memo["runtime"]
-        await runtime.inventory.wait_complete()
+        # Not before every listed object was shown or found gone: a phantom older claim
+        # would leave this registration in ThingSpace for good.
+        await runtime.inventory.wait_confirmed()
         ownership, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
@@ -345,9 +351,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    # No worker limit: at startup each object's worker files it in the inventory and then
-    # waits until every object is filed, so with a limit below the number of objects the
-    # workers wait on objects that never get one (a restart over 1000 resources hung).
+    # No worker limit: at startup the worker of a resource being deleted waits until every
+    # listed object has been shown by kopf, so with a limit below the number of such
+    # resources the workers would wait on objects that never get one (a limit of 500 once
+    # hung a restart over 1000 resources, when every worker waited so).
     # Workers are released after 1 s idle instead of kopf's 5 s (docs/performance.md).
     # On shutdown, calls in flight get 1 s to finish, then are abandoned (as safe as a
     # crash: the next leader lists before it writes); the Lease is released sooner.

@@ -4,15 +4,22 @@ callbacks use which Secret or ThingSpaceAccount, and the accounts themselves.
 kopf indexes kept these before. At start-up kopf makes every object's worker wait until
 every object is indexed, and each newly seen object wakes every waiting worker: about N²/2
 wake-ups, 272 s to resume 5000 resources (docs/performance.md). The maps are now fed by
-the event handlers the operator has anyway, and one ``asyncio.Event`` says when every
-object that existed at start-up has been seen: handlers that decide ownership wait on it
-once, so a resource never takes a registration that an older one, not yet seen, owns.
+the event handlers the operator has anyway, and filled at start-up from the operator's own
+listing of every watched object, so they are complete as soon as that listing is: no
+handler waits for kopf's pass over every object.
+
+An object deleted between that listing and kopf's own one is never shown by an event:
+until each listed object has been seen by an event or found gone by a later listing, the
+maps may hold such a phantom. Decisions a phantom could make wrong for good (deregistering
+a deleted resource's registration, pruning an Authoritative account) wait until the
+listing is *confirmed*; the rest at worst reports a Conflict that the phantom's removal
+lifts again.
 """
 
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from .account import AccountSpec
@@ -61,6 +68,14 @@ class Index(Mapping[K, Collection[V]], Generic[K, V]):
             if len(found) == 1:
                 self._by_key[key] = next(iter(found.items()))
 
+    def entries_of(self, obj: ObjectKey) -> dict[K, V]:
+        """What ``obj`` files, by key."""
+        entries: dict[K, V] = {}
+        for key in self._keys_of.get(obj, ()):
+            found = self._by_key[key]
+            entries[key] = found[1] if isinstance(found, tuple) else found[obj]
+        return entries
+
     def __getitem__(self, key: K) -> Collection[V]:
         found = self._by_key[key]
         return (found[1],) if isinstance(found, tuple) else found.values()
@@ -73,7 +88,8 @@ class Index(Mapping[K, Collection[V]], Generic[K, V]):
 
 
 class Inventory:
-    """The maps, and whether they are complete yet."""
+    """The maps, and whether they are complete (filled from the start-up listing) and
+    confirmed (no phantom left) yet."""
 
     def __init__(self) -> None:
         self.claims: Index[tuple[str, str], Claim] = Index()
@@ -81,13 +97,47 @@ class Inventory:
         self.account_users: Index[str, ObjectKey] = Index()  # account -> callbacks
         self.accounts: dict[str, AccountSpec] = {}  # by object name; invalid: absent
         self._complete = asyncio.Event()
+        self._confirmed = asyncio.Event()
         self._seen: set[Listed] | None = set()  # until complete: what the events showed
-        self._awaited: set[Listed] | None = None  # found by the listing, not seen yet
+        self._listed: dict[Listed, str] = {}  # filed from the listing: resourceVersion
+        self._awaited: dict[Listed, str] | None = None  # listed, no event showed it yet
 
     # Fed by the event handlers.
 
     def callback_seen(self, body: Mapping[str, Any]) -> Claim:
         """File the callback; its claim (the drift sweep keeps the same one)."""
+        claim, obj = self._file_callback(body)
+        self._saw(CALLBACK, obj)
+        return claim
+
+    def callback_gone(self, namespace: str, name: str) -> None:
+        obj = (namespace, name)
+        for index in (self.claims, self.secret_users, self.account_users):
+            index.drop(obj)
+        self._saw(CALLBACK, obj)
+
+    def account_seen(self, name: str, spec: Mapping[str, Any]) -> AccountSpec | None:
+        """File the account; its parsed spec, or None when invalid (reported on the
+        account; its callbacks see it as not found)."""
+        parsed = self._file_account(name, spec)
+        self._saw(ACCOUNT, ("", name))
+        return parsed
+
+    def account_gone(self, name: str) -> None:
+        self.accounts.pop(name, None)
+        self._saw(ACCOUNT, ("", name))
+
+    def first_event(self, kind: str, obj: ObjectKey) -> str | None:
+        """An event shows this object. The resourceVersion at which the start-up listing
+        filed it, if that listing did and no event had shown it yet: the same version
+        needs no filing again."""
+        if not self._awaited:
+            return None
+        version = self._awaited.pop((kind, obj), None)
+        self._settle()
+        return version
+
+    def _file_callback(self, body: Mapping[str, Any]) -> tuple[Claim, ObjectKey]:
         meta = body.get("metadata") or {}
         namespace, name = sys.intern(str(meta.get("namespace") or "")), str(meta.get("name"))
         spec = body.get("spec") or {}
@@ -101,18 +151,9 @@ class Inventory:
         ref = spec.get("accountRef")
         account = ref.get("name") if isinstance(ref, Mapping) else None
         self.account_users.put(obj, {account: obj} if isinstance(account, str) else {})
-        self._saw(CALLBACK, obj)
-        return claim
+        return claim, obj
 
-    def callback_gone(self, namespace: str, name: str) -> None:
-        obj = (namespace, name)
-        for index in (self.claims, self.secret_users, self.account_users):
-            index.drop(obj)
-        self._saw(CALLBACK, obj)
-
-    def account_seen(self, name: str, spec: Mapping[str, Any]) -> AccountSpec | None:
-        """File the account; its parsed spec, or None when invalid (reported on the
-        account; its callbacks see it as not found)."""
+    def _file_account(self, name: str, spec: Mapping[str, Any]) -> AccountSpec | None:
         try:
             parsed: AccountSpec | None = AccountSpec.parse(name, spec)
         except InvalidSpec:
@@ -121,73 +162,116 @@ class Inventory:
             self.accounts.pop(name, None)
         else:
             self.accounts[name] = parsed
-        self._saw(ACCOUNT, ("", name))
         return parsed
 
-    def account_gone(self, name: str) -> None:
-        self.accounts.pop(name, None)
-        self._saw(ACCOUNT, ("", name))
+    # Filled from the start-up listing.
+
+    def listed_callback(self, body: Mapping[str, Any]) -> Claim | None:
+        """File a callback as the start-up listing shows it; its claim, or None when an
+        event has shown it already (as new as the listing, or newer)."""
+        obj = _key(body)
+        if not self._may_file(CALLBACK, obj, body):
+            return None
+        return self._file_callback(body)[0]
+
+    def listed_account(self, body: Mapping[str, Any]) -> None:
+        obj = _key(body)
+        if self._may_file(ACCOUNT, obj, body):
+            self._file_account(obj[1], body.get("spec") or {})
+
+    def _may_file(self, kind: str, obj: ObjectKey, body: Mapping[str, Any]) -> bool:
+        if self._seen is None or (kind, obj) in self._seen:
+            return False
+        self._listed[(kind, obj)] = str((body.get("metadata") or {}).get("resourceVersion"))
+        return True
+
+    def listing_filed(self) -> None:
+        """Every page of the start-up listing is filed: the maps are complete."""
+        seen = self._seen or set()
+        self._awaited = {obj: v for obj, v in self._listed.items() if obj not in seen}
+        self._seen, self._listed = None, {}
+        self._complete.set()
+        self._settle()
+
+    def forget(self, obj: Listed) -> None:
+        """A listed object no event will show: deleted before kopf listed it."""
+        kind, (namespace, name) = obj
+        if kind == CALLBACK:
+            self.callback_gone(namespace, name)
+        else:
+            self.account_gone(name)
 
     # Completeness.
 
     @property
     def complete(self) -> bool:
-        """Every object that existed at start-up has been seen."""
+        """Every object that existed at start-up is filed (some may be phantoms)."""
         return self._complete.is_set()
 
     async def wait_complete(self) -> None:
         await self._complete.wait()
 
-    def expect(self, listed: Iterable[Listed]) -> None:
-        """The start-up listing found these: complete once each has been seen."""
-        self._awaited = set(listed) - (self._seen or set())
-        self._settle()
+    @property
+    def confirmed(self) -> bool:
+        """Complete, and every object filed from the listing was shown by an event or
+        found gone since: no phantom is left."""
+        return self._confirmed.is_set()
+
+    async def wait_confirmed(self) -> None:
+        await self._confirmed.wait()
 
     def awaited(self) -> set[Listed]:
         return set(self._awaited or ())
 
-    def confirm_gone(self, obj: Listed) -> None:
-        """Deleted before kopf's own listing: no event will ever show it."""
-        if self._awaited is not None:
-            self._awaited.discard(obj)
-            self._settle()
-
     def _saw(self, kind: str, obj: ObjectKey) -> None:
         if self._seen is not None:
             self._seen.add((kind, obj))
-        if self._awaited is not None:
-            self._awaited.discard((kind, obj))
+        if self._awaited:
+            self._awaited.pop((kind, obj), None)
             self._settle()
 
     def _settle(self) -> None:
-        if self._awaited is not None and not self._awaited and not self.complete:
-            self._seen = self._awaited = None  # kept no longer than needed
-            self._complete.set()
+        if self._awaited is not None and not self._awaited and not self.confirmed:
+            self._awaited = None  # kept no longer than needed
+            self._confirmed.set()
+
+
+def _key(body: Mapping[str, Any]) -> ObjectKey:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name"))
 
 
 Lister = Callable[[], Awaitable[list[Listed]]]
 LONGEST_POLL = 30.0
 
 
-async def fill(inventory: Inventory, list_all: Lister, poll: float = 2.0) -> None:
-    """List every watched object once (names only), then wait until the events have shown
-    each. While the events make no progress, the names are listed again: an object no
-    longer there was deleted before kopf listed it, and is let go. The wait between
-    listings doubles while nothing changes."""
-    inventory.expect(await _retrying(list_all, "list the watched objects"))
+async def fill(
+    inventory: Inventory,
+    load: Callable[[], Awaitable[None]],
+    list_names: Lister,
+    let_go: Callable[[Listed], Awaitable[None]],
+    poll: float = 2.0,
+) -> None:
+    """File every watched object from one listing (``load``), then wait until the events
+    have shown each. While the events make no progress, the names are listed again: an
+    object no longer there was deleted before kopf listed it, and ``let_go`` forgets it
+    (through ``Inventory.forget``). The wait between listings doubles while nothing
+    changes."""
+    await _retrying(load, "list the watched objects")
+    inventory.listing_filed()
     left, wait = len(inventory.awaited()), poll
-    while not inventory.complete:
+    while not inventory.confirmed:
         try:
-            await asyncio.wait_for(inventory.wait_complete(), wait)
+            await asyncio.wait_for(inventory.wait_confirmed(), wait)
             return
         except TimeoutError:
             pass
         if len(inventory.awaited()) < left:  # still arriving
             left, wait = len(inventory.awaited()), poll
             continue
-        listed = set(await _retrying(list_all, "list the watched objects again"))
+        listed = set(await _retrying(list_names, "list the watched objects again"))
         for obj in inventory.awaited() - listed:
-            inventory.confirm_gone(obj)
+            await let_go(obj)
         left, wait = len(inventory.awaited()), min(wait * 2, LONGEST_POLL)
         if left:
             log.info("Waiting for %d objects listed at start-up to be seen", left)

@@ -20,7 +20,7 @@ from .account import ACCOUNT_PLURAL, AccountSpec
 from .config import OperatorConfig
 from .drift import DriftSweep
 from .inventory import ACCOUNT, CALLBACK, Inventory, Listed, fill
-from .kube.claims import Claim
+from .kube.claims import Claim, claims_for, owner_among
 from .kube.connection import KubeConnection
 from .kube.namespaces import NamespaceLabels
 from .kube.resources import CallbackResources
@@ -187,10 +187,12 @@ class Runtime:
         watch.start()
 
     def start_inventory(self) -> None:
-        """List the watched objects' names once, in the background, so that the inventory
-        knows when the events have shown every one of them."""
+        """List every watched object once, in the background: the inventory and the drift
+        sweep are filled from it, and a later listing of names lets go of any object
+        deleted before kopf's own listing (no event ever shows it)."""
         self.inventory_task = asyncio.create_task(
-            fill(self.inventory, self._list_watched), name="inventory"
+            fill(self.inventory, self._load_watched, self._list_watched, self._let_go),
+            name="inventory",
         )
 
     def _callbacks_paths(self) -> list[str]:
@@ -198,6 +200,21 @@ class Runtime:
         if self.config.namespaces:  # as kopf watches them: namespace by namespace
             return [f"{base}/namespaces/{ns}/{PLURAL}" for ns in self.config.namespaces]
         return [f"{base}/{PLURAL}"]
+
+    async def _load_watched(self) -> None:
+        """File every callback (in the inventory and the sweep) and every account."""
+        callbacks = 0
+        for path in self._callbacks_paths():
+            async for body in self.resources.items(path):
+                claim = self.inventory.listed_callback(body)
+                if claim is not None:
+                    self.sweep.track(body, claim)
+                callbacks += 1
+        accounts = 0
+        async for body in self.resources.items(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}"):
+            self.inventory.listed_account(body)
+            accounts += 1
+        log.info("Listed %d ThingSpaceCallbacks and %d ThingSpaceAccounts", callbacks, accounts)
 
     async def _list_watched(self) -> list[Listed]:
         listed = [
@@ -207,6 +224,22 @@ class Runtime:
         ]
         accounts = await self.resources.names(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}")
         return listed + [(ACCOUNT, ("", name)) for _, name in accounts]
+
+    async def _let_go(self, obj: Listed) -> None:
+        """A listed object was deleted before kopf listed it: forget it, and wake whom it
+        may have misled (the callbacks of an account; the next owner of a registration a
+        callback claimed, which it kept in Conflict)."""
+        kind, (namespace, name) = obj
+        if kind == ACCOUNT:  # its callbacks may have used it meanwhile
+            self.inventory.forget(obj)
+            await self.ask_to_reconcile(sorted(set(self.inventory.account_users.get(name, ()))))
+            return
+        claimed = self.inventory.claims.entries_of((namespace, name))
+        self.forget_callback(namespace, name)
+        for key, phantom in claimed.items():
+            owner = owner_among(claims_for(self.inventory.claims, self.account_names(), key))
+            if owner is not None and phantom < owner:  # the phantom stood in its way
+                await self.ask_to_reconcile([(owner.namespace, owner.name)])
 
     async def verify_crd_served(self) -> None:
         """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
-from thingspace_operator.inventory import ACCOUNT, CALLBACK, Index, Inventory, Listed, fill
+from thingspace_operator.inventory import CALLBACK, Index, Inventory, Listed, fill
 from thingspace_operator.kube.claims import Claim
 from thingspace_operator.kube.connection import KubeApiError
 
@@ -90,70 +90,133 @@ def test_an_invalid_account_is_not_filed() -> None:
     assert "fleet" not in inventory.accounts
 
 
-def test_complete_once_everything_listed_was_seen_in_any_order() -> None:
+def listed(name: str, version: str = "1", **spec: Any) -> dict[str, Any]:
+    """A callback as a list response holds it."""
+    body = callback(name, **spec)
+    body["metadata"]["resourceVersion"] = version
+    return body
+
+
+def test_the_listing_completes_the_inventory_and_the_events_confirm_it() -> None:
     inventory = Inventory()
-    inventory.callback_seen(callback("early"))  # seen before the listing answered
-    assert not inventory.complete  # nothing is complete before the listing is known
-    inventory.expect(
-        [(CALLBACK, ("team-a", "early")), (CALLBACK, ("team-a", "late")), (ACCOUNT, ("", "fleet"))]
-    )
-    assert not inventory.complete
+    assert inventory.listed_callback(listed("qos", accountRef={"name": "fleet"})) is not None
+    inventory.listed_account({"metadata": {"name": "fleet"}, "spec": ACCOUNT_SPEC})
+    assert not inventory.complete  # a page may still be missing
+    inventory.listing_filed()
+    assert inventory.complete
+    assert not inventory.confirmed
+    assert list(inventory.account_users["fleet"]) == [("team-a", "qos")]
+    assert inventory.accounts["fleet"].account_name == "0000123456-00001"
+    # kopf's listing shows each again: the version the listing filed says "nothing new".
+    assert inventory.first_event(CALLBACK, ("team-a", "qos")) == "1"
+    assert inventory.first_event(CALLBACK, ("team-a", "qos")) is None  # only the first
+    assert not inventory.confirmed
     inventory.account_seen("fleet", ACCOUNT_SPEC)
-    inventory.callback_gone("team-a", "late")  # a deletion counts as seen
-    assert inventory.complete
+    assert inventory.confirmed
 
 
-def test_an_empty_cluster_is_complete_at_once() -> None:
+def test_an_event_before_the_listing_is_newer_and_kept() -> None:
     inventory = Inventory()
-    inventory.expect([])
+    inventory.callback_seen(listed("qos", "7", accountName="0000123456-00001"))
+    inventory.callback_gone("team-a", "deleted")
+    assert inventory.listed_callback(listed("qos", "5", accountRef={"name": "fleet"})) is None
+    assert inventory.listed_callback(listed("deleted", "4")) is None
+    inventory.listing_filed()
+    assert ("0000123456-00001", "QoS") in inventory.claims
+    assert "fleet" not in inventory.account_users
+    assert len(inventory.claims) == 1
+    assert inventory.confirmed  # every listed object was seen already
+
+
+def test_a_deletion_confirms_a_listed_object() -> None:
+    inventory = Inventory()
+    inventory.listed_callback(listed("qos"))
+    inventory.listing_filed()
+    inventory.callback_gone("team-a", "qos")
+    assert inventory.confirmed
+    assert len(inventory.claims) == 0
+
+
+def test_an_empty_cluster_is_complete_and_confirmed_at_once() -> None:
+    inventory = Inventory()
+    inventory.listing_filed()
     assert inventory.complete
+    assert inventory.confirmed
 
 
 class Cluster:
-    """What the start-up listing, and each listing after it, sees."""
+    """What the start-up listing, and each listing of names after it, sees."""
 
     def __init__(
-        self, listed: list[Listed], failures: int = 0, deleted_after: Listed | None = None
+        self,
+        inventory: Inventory,
+        names: list[str],
+        failures: int = 0,
+        deleted_after: str | None = None,
     ) -> None:
         """``deleted_after``: deleted right after the start-up listing."""
-        self.listed, self.failures, self.deleted_after = listed, failures, deleted_after
+        self.inventory, self.names = inventory, names
+        self.failures, self.deleted_after = failures, deleted_after
         self.listings = 0
+        self.let_go: list[Listed] = []
 
-    async def list_all(self) -> list[Listed]:
+    async def load(self) -> None:
         if self.failures:
             self.failures -= 1
             raise KubeApiError(403, "Forbidden")
+        for name in self.names:
+            self.inventory.listed_callback(listed(name))
+        if self.deleted_after in self.names:
+            self.names.remove(self.deleted_after)
+
+    async def list_names(self) -> list[Listed]:
         self.listings += 1
-        listed = list(self.listed)
-        if self.deleted_after in self.listed:
-            self.listed.remove(self.deleted_after)
-        return listed
+        return [(CALLBACK, ("team-a", name)) for name in self.names]
+
+    async def forget(self, obj: Listed) -> None:
+        self.let_go.append(obj)
+        self.inventory.forget(obj)
+
+    def fill(self, poll: float = 0.01) -> "asyncio.Task[None]":
+        filling = fill(self.inventory, self.load, self.list_names, self.forget, poll)
+        return asyncio.create_task(filling)
 
 
-async def test_an_object_deleted_before_kopf_listed_it_is_let_go_after_a_new_listing() -> None:
+async def test_an_object_deleted_before_kopf_listed_it_is_let_go_after_a_listing_of_names() -> None:
     inventory = Inventory()
-    gone: Listed = (CALLBACK, ("team-a", "deleted-meanwhile"))
-    kept: Listed = (CALLBACK, ("team-a", "kept"))
-    cluster = Cluster([gone, kept], deleted_after=gone)  # no event will ever show it
-    filling = asyncio.create_task(fill(inventory, cluster.list_all, poll=0.01))
-    inventory.callback_seen(callback("kept"))
+    cluster = Cluster(inventory, ["deleted-meanwhile", "kept"], deleted_after="deleted-meanwhile")
+    filling = cluster.fill()
+    await eventually(lambda: inventory.complete, what="complete once the listing is filed")
+    inventory.first_event(CALLBACK, ("team-a", "kept"))  # no event will ever show the other
     await asyncio.wait_for(filling, 5)
-    assert inventory.complete
-    assert cluster.listings == 2
+    assert inventory.confirmed
+    assert cluster.let_go == [(CALLBACK, ("team-a", "deleted-meanwhile"))]
+    assert cluster.listings >= 1
 
 
-async def test_an_existing_object_not_seen_yet_keeps_it_incomplete() -> None:
-    """kopf's watch may lag (the API server is slow): ownership waits for it, and the
+async def test_a_phantoms_claim_goes_with_it() -> None:
+    inventory = Inventory()
+    cluster = Cluster(inventory, [], deleted_after="phantom")
+    inventory.listed_callback(listed("phantom", accountName="0000123456-00001"))
+    filling = cluster.fill()
+    await asyncio.wait_for(filling, 5)
+    assert ("0000123456-00001", "QoS") not in inventory.claims
+    assert cluster.let_go == [(CALLBACK, ("team-a", "phantom"))]
+
+
+async def test_an_existing_object_not_seen_yet_keeps_it_unconfirmed() -> None:
+    """kopf's watch may lag (the API server is slow): deregistration waits for it, and the
     listings meanwhile come ever less often."""
     inventory = Inventory()
-    lagging: Listed = (CALLBACK, ("team-a", "lagging"))
-    cluster = Cluster([lagging])
-    filling = asyncio.create_task(fill(inventory, cluster.list_all, poll=0.01))
-    await eventually(lambda: cluster.listings >= 3, what="two listings after the first")
-    assert not inventory.complete
-    inventory.callback_seen(callback("lagging"))
-    await asyncio.wait_for(filling, 5)
+    cluster = Cluster(inventory, ["lagging"])
+    filling = cluster.fill()
+    await eventually(lambda: cluster.listings >= 2, what="two listings of names")
     assert inventory.complete
+    assert not inventory.confirmed
+    assert cluster.let_go == []
+    inventory.callback_seen(listed("lagging"))
+    await asyncio.wait_for(filling, 5)
+    assert inventory.confirmed
 
 
 async def test_the_listing_is_retried_when_the_api_server_refuses(
@@ -168,8 +231,9 @@ async def test_the_listing_is_retried_when_the_api_server_refuses(
 
     monkeypatch.setattr("thingspace_operator.inventory.asyncio.sleep", no_wait)
     inventory = Inventory()
-    cluster = Cluster([], failures=3)
-    await asyncio.wait_for(fill(inventory, cluster.list_all), 5)
+    cluster = Cluster(inventory, [], failures=3)
+    await asyncio.wait_for(cluster.fill(), 5)
     assert inventory.complete
+    assert inventory.confirmed
     assert delays == [1.0, 2.0, 4.0]
     assert "HTTP 403 Forbidden" in caplog.text  # RBAC to fix, said plainly

@@ -3,7 +3,7 @@
 A registration is identified in ThingSpace by (account, service). When more than one
 ThingSpaceCallback declares it, the oldest (creation time, then namespace/name) that is not
 being deleted owns it; the others report ``Conflict`` and never call ThingSpace. The claims
-come from a kopf index, so finding the owner costs no API call.
+come from the operator's inventory, so finding the owner costs no API call.
 """
 
 from collections.abc import Iterable, Mapping
