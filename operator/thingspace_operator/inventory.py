@@ -10,10 +10,10 @@ handler waits for kopf's pass over every object.
 
 An object deleted between that listing and kopf's own one is never shown by an event:
 until each listed object has been seen by an event or found gone by a later listing, the
-maps may hold such a phantom. Decisions a phantom could make wrong for good (deregistering
-a deleted resource's registration, pruning an Authoritative account) wait until the
-listing is *confirmed*; the rest at worst reports a Conflict that the phantom's removal
-lifts again.
+maps may hold such a phantom. The one decision a phantom could make wrong for good, a
+deletion judging that an older phantom owns its registration (which would then stay in
+ThingSpace), waits until the listing is *confirmed*. Otherwise a phantom at worst keeps a
+younger claimant in Conflict until it is let go, or delays an Authoritative prune.
 """
 
 import asyncio
