@@ -55,6 +55,7 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
         inventory = runtime.inventory
         listed = inventory.first_event(ACCOUNT, ("", name)) is not None
         created_while_running = inventory.complete and not listed
+        filed = inventory.accounts.get(name)  # as the start-up listing filed it, if listed
         if type == "DELETED":
             inventory.account_gone(name)
             seen = None
@@ -65,8 +66,13 @@ def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
         previous = runtime.seen_accounts.get(name)
         runtime.seen_accounts[name] = seen
         # At start-up every callback is checked anyway (by the first sweep or its
-        # handler); a status write changes nothing.
-        if created_while_running if first_sight else previous != seen:
+        # handler), against the account as listed: only a change since matters. A status
+        # write changes nothing.
+        if first_sight:
+            changed = created_while_running or (listed and seen != filed)
+        else:
+            changed = previous != seen
+        if changed:
             await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
         if type == "DELETED":  # its name stays seen: a re-creation is a change
             runtime.account_bodies.pop(name, None)

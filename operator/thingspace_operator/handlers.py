@@ -133,7 +133,7 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         key = (str(meta.get("namespace") or ""), str(meta.get("name")))
         listed_version = runtime.inventory.first_event(CALLBACK, key)
         if type == "DELETED":
-            runtime.forget_callback(*key)
+            await runtime.forget_callback(*key)
         elif listed_version is None or listed_version != meta.get("resourceVersion"):
             # Unless the start-up listing filed this very version (kopf's own listing
             # shows every object again): filing it twice would double the start-up cost.
@@ -238,7 +238,7 @@ async def sync_and_report(
     **_: Any,
 ) -> Outcome:
     """The body of every sync handler: who owns it, sync, then status, Event and metrics.
-    Ownership is decided once every object that existed at start-up has been seen."""
+    Ownership is decided once the start-up listing of every object is filed."""
     runtime: Runtime = memo["runtime"]
     await runtime.inventory.wait_complete()
     claims = runtime.inventory.claims
@@ -277,7 +277,7 @@ async def check_drift(
             runtime.sweep.take_request(tracked.key)
             raise
         if not exists:  # its deletion went unseen (a watch gap): forget it everywhere
-            runtime.forget_callback(*tracked.key)
+            await runtime.forget_callback(*tracked.key)
     else:
         trigger_label = "resume" if resuming else "drift_check"
         runtime.metrics.observe_reconcile(trigger_label, outcome.synced.reason, False)

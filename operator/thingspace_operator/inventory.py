@@ -12,8 +12,10 @@ An object deleted between that listing and kopf's own one is never shown by an e
 until each listed object has been seen by an event or found gone by a later listing, the
 maps may hold such a phantom. The one decision a phantom could make wrong for good, a
 deletion judging that an older phantom owns its registration (which would then stay in
-ThingSpace), waits until the listing is *confirmed*. Otherwise a phantom at worst keeps a
-younger claimant in Conflict until it is let go, or delays an Authoritative prune.
+ThingSpace), waits until the listing is *confirmed*. Until it is let go, a phantom
+callback may keep a younger claimant in Conflict, delay an Authoritative prune, or be
+checked by the first sweep; a phantom ThingSpaceAccount may serve its callbacks. Whoever
+it may have misled is asked to reconcile when it goes.
 """
 
 import asyncio
@@ -271,7 +273,8 @@ async def fill(
             continue
         listed = set(await _retrying(list_names, "list the watched objects again"))
         for obj in inventory.awaited() - listed:
-            await let_go(obj)
+            if obj in inventory.awaited():  # no event has shown it since (re-created?)
+                await let_go(obj)
         left, wait = len(inventory.awaited()), min(wait * 2, LONGEST_POLL)
         if left:
             log.info("Waiting for %d objects listed at start-up to be seen", left)

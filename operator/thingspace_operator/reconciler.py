@@ -117,10 +117,18 @@ class Runtime:
             sweep=DriftSweep(config.resync_seconds),
         )
 
-    def forget_callback(self, namespace: str, name: str) -> None:
-        """The callback is gone: its claim, Secret and account uses, and its drift checks."""
+    async def forget_callback(self, namespace: str, name: str) -> None:
+        """The callback is gone: its claim, Secret and account uses, and its drift checks.
+        If it was the owner of a registration without being deleted first (no finalizer
+        let the deregister handler hand over, or it was deleted before kopf listed it),
+        the next owner is woken now rather than at its next drift check."""
+        claimed = self.inventory.claims.entries_of((namespace, name))
         self.inventory.callback_gone(namespace, name)
         self.sweep.forget(namespace, name)
+        for key, gone in claimed.items():
+            owner = owner_among(claims_for(self.inventory.claims, self.account_names(), key))
+            if owner is not None and not gone.deleting and gone < owner:  # it held it up
+                await self.ask_to_reconcile([(owner.namespace, owner.name)])
 
     def account(self, name: str) -> AccountSpec | None:
         return self.inventory.accounts.get(name)
@@ -227,19 +235,14 @@ class Runtime:
 
     async def _let_go(self, obj: Listed) -> None:
         """A listed object was deleted before kopf listed it: forget it, and wake whom it
-        may have misled (the callbacks of an account; the next owner of a registration a
-        callback claimed, which it kept in Conflict)."""
+        may have misled (the callbacks of an account, which may have used it meanwhile;
+        the next owner of a registration a callback claimed)."""
         kind, (namespace, name) = obj
-        if kind == ACCOUNT:  # its callbacks may have used it meanwhile
-            self.inventory.forget(obj)
-            await self.ask_to_reconcile(sorted(set(self.inventory.account_users.get(name, ()))))
+        if kind == CALLBACK:
+            await self.forget_callback(namespace, name)
             return
-        claimed = self.inventory.claims.entries_of((namespace, name))
-        self.forget_callback(namespace, name)
-        for key, phantom in claimed.items():
-            owner = owner_among(claims_for(self.inventory.claims, self.account_names(), key))
-            if owner is not None and phantom < owner:  # the phantom stood in its way
-                await self.ask_to_reconcile([(owner.namespace, owner.name)])
+        self.inventory.forget(obj)
+        await self.ask_to_reconcile(sorted(set(self.inventory.account_users.get(name, ()))))
 
     async def verify_crd_served(self) -> None:
         """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the

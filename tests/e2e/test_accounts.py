@@ -40,10 +40,14 @@ class Setup:
     def requested_reconciles(self) -> float:
         """Successful reconciles asked for outside the drift sweep (an account or Secret
         change, or a user's annotation), from the operator's metrics."""
+        return self.reconciles("requested")
+
+    def reconciles(self, trigger: str) -> float:
+        """Successful reconciles by ``trigger`` since the operator process started."""
         url = f"http://127.0.0.1:{self.operator.env['THINGSPACE_METRICS_PORT']}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             lines = response.read().decode().splitlines()
-        wanted = ('trigger="requested"', 'result="ReconcileSuccess"')
+        wanted = (f'trigger="{trigger}"', 'result="ReconcileSuccess"')
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in lines
@@ -178,4 +182,39 @@ def test_a_callback_heals_as_soon_as_its_account_allows_its_namespace(setup: Set
     wait_ready(plane, team, "qos-waiting")
     assert setup.requested_reconciles() > requested, "healed by a drift check, not the change"
     plane.kubectl("-n", team, "delete", "tscb", "qos-waiting", "--timeout=60s")
+    plane.kubectl("delete", "tsa", account)
+
+
+def test_a_restart_asks_no_callback_of_an_account_to_reconcile(setup: Setup) -> None:
+    """The restarted operator lists every account before kopf shows it again: that first
+    sight is no change, so its callbacks are checked by the first sweep only, with no
+    Kubernetes write and no ThingSpace write."""
+    plane, sim, team = setup.plane, setup.sim, setup.team
+    apply(plane, secret_manifest("platform-credentials", setup.release.namespace, DEMO_CREDENTIALS))
+    account = unique("steady")
+    manifest = account_manifest(account, "0000991199-00002", setup.release.namespace, "x")
+    manifest["spec"]["namespaces"] = [team]
+    services = {"qos-steady": "QoS", "usage-steady": "DeviceUsage"}
+    names = tuple(services)
+    apply(plane, manifest, *(by_ref(n, team, account, s) for n, s in services.items()))
+    for name in names:
+        wait_ready(plane, team, name)
+        eventually(lambda n=name: settled(plane, team, n), 30, "handled")
+
+    def versions() -> list[str]:
+        return [
+            plane.kubectl_json("-n", team, "get", "tscb", n)["metadata"]["resourceVersion"]
+            for n in names
+        ]
+
+    before, writes, lists = versions(), sim.writes(), sim.calls("list")
+    setup.operator.stop()
+    setup.operator.start()
+    eventually(lambda: setup.reconciles("resume") >= len(names), 30, "both resumed")
+    eventually(lambda: sim.calls("list") >= lists + 3, RESYNC_SECONDS * 3 + 20, "two periods")
+    assert setup.requested_reconciles() == 0
+    assert versions() == before  # not even the reconcile-now annotation
+    assert sim.writes() == writes
+    for name in names:
+        plane.kubectl("-n", team, "delete", "tscb", name, "--timeout=60s")
     plane.kubectl("delete", "tsa", account)

@@ -178,6 +178,9 @@ async def test_an_object_deleted_before_kopf_listed_it_holds_no_registration_bac
     runtime = await start_operator()
 
     await eventually(lambda: ready(cluster, "younger"), what="the younger one Ready")
+    assert "Conflict" in cluster.event_reasons("younger")  # while the phantom was filed
+    annotations = (cluster.callback("younger") or {})["metadata"].get("annotations") or {}
+    assert RECONCILE_REQUESTED_ANNOTATION in annotations  # woken when it was let go
     assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/younger"
     assert (ACCOUNT, "QoS") in runtime.inventory.claims
     assert [c.name for c in runtime.inventory.claims[(ACCOUNT, "QoS")]] == ["younger"]

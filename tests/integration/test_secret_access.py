@@ -103,7 +103,7 @@ async def test_namespaces_and_crds_of_the_cluster_are_never_asked_for(
     operator_reads = {  # discovery requests name no resource
         plural for (method, plural) in k8s.resource_counts or () if method == "GET" and plural
     }
-    # Its own two kinds (ThingSpaceAccounts are listed by name at start-up) and Secrets.
+    # Its own two kinds (ThingSpaceAccounts are listed at start-up) and Secrets.
     assert operator_reads == {"thingspacecallbacks", "thingspaceaccounts", "secrets"}
 
 

@@ -1,5 +1,6 @@
-"""The inventory: the operator's own maps of claims, Secret and account users, accounts,
-and the one signal that every object existing at start-up has been seen."""
+"""The inventory: the operator's own maps of claims, Secret and account users, accounts;
+filled from the start-up listing (complete) and confirmed by kopf's events or a listing
+of names (no phantom left)."""
 
 import asyncio
 from typing import Any
@@ -153,19 +154,28 @@ class Cluster:
         names: list[str],
         failures: int = 0,
         deleted_after: str | None = None,
+        fail_after_first_page: bool = False,
     ) -> None:
-        """``deleted_after``: deleted right after the start-up listing."""
+        """``deleted_after``: deleted right after the start-up listing. With
+        ``fail_after_first_page``, the first listing files one object and fails, and that
+        object is deleted before the listing is tried again."""
         self.inventory, self.names = inventory, names
         self.failures, self.deleted_after = failures, deleted_after
+        self.fail_after_first_page = fail_after_first_page
         self.listings = 0
         self.let_go: list[Listed] = []
+        self.claimed_until_let_go: list[tuple[str, str]] = []
 
     async def load(self) -> None:
         if self.failures:
             self.failures -= 1
             raise KubeApiError(403, "Forbidden")
-        for name in self.names:
-            self.inventory.listed_callback(listed(name))
+        for name in list(self.names):
+            self.inventory.listed_callback(listed(name, accountName="0000123456-00001"))
+            if self.fail_after_first_page:
+                self.fail_after_first_page = False
+                self.names.remove(name)
+                raise KubeApiError(410, "Gone")  # the continue token expired
         if self.deleted_after in self.names:
             self.names.remove(self.deleted_after)
 
@@ -175,6 +185,7 @@ class Cluster:
 
     async def forget(self, obj: Listed) -> None:
         self.let_go.append(obj)
+        self.claimed_until_let_go.extend(self.inventory.claims.entries_of(obj[1]))
         self.inventory.forget(obj)
 
     def fill(self, poll: float = 0.01) -> "asyncio.Task[None]":
@@ -196,12 +207,54 @@ async def test_an_object_deleted_before_kopf_listed_it_is_let_go_after_a_listing
 
 async def test_a_phantoms_claim_goes_with_it() -> None:
     inventory = Inventory()
-    cluster = Cluster(inventory, [], deleted_after="phantom")
-    inventory.listed_callback(listed("phantom", accountName="0000123456-00001"))
-    filling = cluster.fill()
-    await asyncio.wait_for(filling, 5)
+    cluster = Cluster(inventory, ["phantom"], deleted_after="phantom")
+    await asyncio.wait_for(cluster.fill(), 5)
+    assert cluster.claimed_until_let_go == [("0000123456-00001", "QoS")]
     assert ("0000123456-00001", "QoS") not in inventory.claims
     assert cluster.let_go == [(CALLBACK, ("team-a", "phantom"))]
+
+
+async def test_a_listing_that_failed_midway_lets_go_of_what_it_filed_and_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listing is retried from its first page; an object the failed attempt filed and
+    that is gone since is a phantom like any other."""
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr("thingspace_operator.inventory.asyncio.sleep", lambda _: real_sleep(0))
+    inventory = Inventory()
+    cluster = Cluster(inventory, ["deleted-meanwhile", "kept"], fail_after_first_page=True)
+    filling = cluster.fill()
+    await eventually(lambda: inventory.complete, what="the listing filed")
+    inventory.first_event(CALLBACK, ("team-a", "kept"))
+    await asyncio.wait_for(filling, 5)
+    assert cluster.let_go == [(CALLBACK, ("team-a", "deleted-meanwhile"))]
+    assert [c.name for c in inventory.claims[("0000123456-00001", "QoS")]] == ["kept"]
+
+
+async def test_an_object_an_event_shows_while_others_are_let_go_stays() -> None:
+    """Missing from the listing of names, then shown by an event (created again, or
+    kopf's event came late) while another object is being let go: it stays."""
+    inventory = Inventory()
+    cluster = Cluster(inventory, ["a", "b"])
+    real_load = cluster.load
+
+    async def load_then_delete_both() -> None:
+        await real_load()
+        cluster.names.clear()
+
+    async def forget_while_the_other_comes_back(obj: Listed) -> None:
+        if not cluster.let_go:
+            other = "b" if obj[1][1] == "a" else "a"
+            inventory.callback_seen(listed(other, "9", accountName="0000999999-00001"))
+        cluster.let_go.append(obj)
+        inventory.forget(obj)
+
+    lets_go = forget_while_the_other_comes_back
+    filling = fill(inventory, load_then_delete_both, cluster.list_names, lets_go, 0.01)
+    await asyncio.wait_for(filling, 5)
+    assert len(cluster.let_go) == 1
+    assert len(inventory.claims[("0000999999-00001", "QoS")]) == 1
+    assert inventory.confirmed
 
 
 async def test_an_existing_object_not_seen_yet_keeps_it_unconfirmed() -> None:
