@@ -400,6 +400,38 @@ def by_ref(name: str, namespace: str, account: str, service: str) -> dict[str, A
     return manifest
 
 
+def test_a_restart_finishes_a_deletion_and_restores_a_removed_registration(
+    installed: Installation,
+) -> None:
+    """While the operator is stopped, one callback is deleted (its finalizer holds it) and
+    another's registration is removed by hand. Restarted, the operator lists its objects
+    (namespace by namespace in namespaced mode), deregisters the deleted one once kopf has
+    shown every listed object, and registers the other again."""
+    plane, sim = installed.plane, installed.sim
+    namespace, account = installed.namespace(), installed.account()
+    apply(
+        plane,
+        callback_manifest("qos", namespace, account),
+        callback_manifest("usage", namespace, account, serviceName="DeviceUsage"),
+    )
+    for name in ("qos", "usage"):
+        wait_ready(plane, namespace, name)
+    installed.operator.stop()
+    plane.kubectl("-n", namespace, "delete", "tscb", "usage", "--wait=false")
+    sim.request("DELETE", f"registrations/{account}/QoS")
+
+    installed.operator.start()
+    eventually(lambda: "QoS" in sim.live(account), 30, "the removed registration restored")
+    eventually(lambda: "DeviceUsage" not in sim.live(account), 30, "the deletion finished")
+
+    def names() -> str:
+        return plane.kubectl("-n", namespace, "get", "tscb", "-o", "name").stdout
+
+    eventually(lambda: "usage" not in names(), 30, "the finalizer released")
+    assert "qos" in names()
+    plane.kubectl("-n", namespace, "delete", "tscb", "qos", "--timeout=60s")
+
+
 def test_rbac_granted_is_rbac_used(installed: Installation) -> None:
     """Run last in each mode: every request of the operator was allowed, and every verb
     the chart grants was used (or is excused, with its reason, in tests/e2e/rbac.py)."""
