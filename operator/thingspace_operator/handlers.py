@@ -124,8 +124,8 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
 
     @kopf.on.event(*resource, registry=registry)
     async def track(type: str | None, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
-        """Keep the inventory and the drift sweep's view of every resource current. kopf
-        runs this before the object's other handlers, which may then wait for the rest."""
+        """Keep the inventory and the drift sweep's view of every resource current (kopf
+        runs this before the object's other handlers), and confirm the start-up listing."""
         runtime: Runtime = memo["runtime"]
         # The object as received: kopf's body view resolves its path on every access.
         body: Mapping[str, Any] = event.get("object") or {}

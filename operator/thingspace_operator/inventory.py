@@ -101,8 +101,7 @@ class Inventory:
         self._complete = asyncio.Event()
         self._confirmed = asyncio.Event()
         self._seen: set[Listed] | None = set()  # until complete: what the events showed
-        self._listed: dict[Listed, str] = {}  # filed from the listing: resourceVersion
-        self._awaited: dict[Listed, str] | None = None  # listed, no event showed it yet
+        self._awaited: dict[Listed, str] = {}  # listed, no event showed it yet: its version
 
     # Fed by the event handlers.
 
@@ -133,8 +132,6 @@ class Inventory:
         """An event shows this object. The resourceVersion at which the start-up listing
         filed it, if that listing did and no event had shown it yet: the same version
         needs no filing again."""
-        if not self._awaited:
-            return None
         version = self._awaited.pop((kind, obj), None)
         self._settle()
         return version
@@ -184,24 +181,14 @@ class Inventory:
     def _may_file(self, kind: str, obj: ObjectKey, body: Mapping[str, Any]) -> bool:
         if self._seen is None or (kind, obj) in self._seen:
             return False
-        self._listed[(kind, obj)] = str((body.get("metadata") or {}).get("resourceVersion"))
+        self._awaited[(kind, obj)] = str((body.get("metadata") or {}).get("resourceVersion"))
         return True
 
     def listing_filed(self) -> None:
         """Every page of the start-up listing is filed: the maps are complete."""
-        seen = self._seen or set()
-        self._awaited = {obj: v for obj, v in self._listed.items() if obj not in seen}
-        self._seen, self._listed = None, {}
+        self._seen = None
         self._complete.set()
         self._settle()
-
-    def forget(self, obj: Listed) -> None:
-        """A listed object no event will show: deleted before kopf listed it."""
-        kind, (namespace, name) = obj
-        if kind == CALLBACK:
-            self.callback_gone(namespace, name)
-        else:
-            self.account_gone(name)
 
     # Completeness.
 
@@ -223,18 +210,20 @@ class Inventory:
         await self._confirmed.wait()
 
     def awaited(self) -> set[Listed]:
-        return set(self._awaited or ())
+        """The listed objects no event has shown yet."""
+        return set(self._awaited)
+
+    def awaits(self, obj: Listed) -> bool:
+        return obj in self._awaited
 
     def _saw(self, kind: str, obj: ObjectKey) -> None:
         if self._seen is not None:
             self._seen.add((kind, obj))
-        if self._awaited:
-            self._awaited.pop((kind, obj), None)
+        if self._awaited.pop((kind, obj), None) is not None:
             self._settle()
 
     def _settle(self) -> None:
-        if self._awaited is not None and not self._awaited and not self.confirmed:
-            self._awaited = None  # kept no longer than needed
+        if self.complete and not self._awaited and not self.confirmed:
             self._confirmed.set()
 
 
@@ -257,8 +246,8 @@ async def fill(
     """File every watched object from one listing (``load``), then wait until the events
     have shown each. While the events make no progress, the names are listed again: an
     object no longer there was deleted before kopf listed it, and ``let_go`` forgets it
-    (through ``Inventory.forget``). The wait between listings doubles while nothing
-    changes."""
+    (through ``callback_gone`` or ``account_gone``). The wait between listings doubles
+    while nothing changes."""
     await _retrying(load, "list the watched objects")
     inventory.listing_filed()
     left, wait = len(inventory.awaited()), poll
@@ -273,7 +262,7 @@ async def fill(
             continue
         listed = set(await _retrying(list_names, "list the watched objects again"))
         for obj in inventory.awaited() - listed:
-            if obj in inventory.awaited():  # no event has shown it since (re-created?)
+            if inventory.awaits(obj):  # no event has shown it since (re-created?)
                 await let_go(obj)
         left, wait = len(inventory.awaited()), min(wait * 2, LONGEST_POLL)
         if left:

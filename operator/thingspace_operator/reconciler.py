@@ -241,7 +241,7 @@ class Runtime:
         if kind == CALLBACK:
             await self.forget_callback(namespace, name)
             return
-        self.inventory.forget(obj)
+        self.inventory.account_gone(name)
         await self.ask_to_reconcile(sorted(set(self.inventory.account_users.get(name, ()))))
 
     async def verify_crd_served(self) -> None:

@@ -186,7 +186,7 @@ class Cluster:
     async def forget(self, obj: Listed) -> None:
         self.let_go.append(obj)
         self.claimed_until_let_go.extend(self.inventory.claims.entries_of(obj[1]))
-        self.inventory.forget(obj)
+        self.inventory.callback_gone(*obj[1])
 
     def fill(self, poll: float = 0.01) -> "asyncio.Task[None]":
         filling = fill(self.inventory, self.load, self.list_names, self.forget, poll)
@@ -247,7 +247,7 @@ async def test_an_object_an_event_shows_while_others_are_let_go_stays() -> None:
             other = "b" if obj[1][1] == "a" else "a"
             inventory.callback_seen(listed(other, "9", accountName="0000999999-00001"))
         cluster.let_go.append(obj)
-        inventory.forget(obj)
+        inventory.callback_gone(*obj[1])
 
     lets_go = forget_while_the_other_comes_back
     filling = fill(inventory, load_then_delete_both, cluster.list_names, lets_go, 0.01)
