@@ -1,6 +1,7 @@
-"""kopf handlers of ThingSpaceAccount: keep the accounts known to the callbacks, ask the
-callbacks that use an account to reconcile when it changes, and report the account's live
-registrations in its status from the same shared list the callbacks use."""
+"""What the operator does with ThingSpaceAccounts (watched by the operator itself, not
+through kopf): keep the accounts known to the callbacks, ask the callbacks that use an
+account to reconcile when it changes, and report the account's live registrations in its
+status from the same shared list the callbacks use."""
 
 import datetime
 import logging
@@ -9,11 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import kopf
-
-from .account import ACCOUNT_PLURAL, AccountSpec, CallbackPolicy
-from .inventory import ACCOUNT
+from .account import AccountSpec, CallbackPolicy
 from .kube.claims import ACCOUNT_REF, Claim, claims_for, owner_among
+from .kube.listwatch import WatchEvent
 from .kube.status import (
     Condition,
     changed_fields,
@@ -22,7 +21,7 @@ from .kube.status import (
     older_than,
     utc_timestamp,
 )
-from .model import GROUP, VERSION, InvalidSpec
+from .model import InvalidSpec
 from .reconciler import (
     READY,
     Runtime,
@@ -38,48 +37,37 @@ log = logging.getLogger(__name__)
 AUTHORITATIVE = CallbackPolicy.AUTHORITATIVE
 
 
-def register_account_handlers(registry: kopf.OperatorRegistry) -> None:
-    account = (GROUP, VERSION, ACCOUNT_PLURAL)
+async def account_changed(runtime: Runtime, event: WatchEvent) -> None:
+    """Keep each account filed, and its body for the report after each sweep. Once the
+    start-up listing is over, report a new or changed account at once, and ask its
+    callbacks to reconcile when it is new (a callback applied with it may have found it
+    missing), changed its spec (they may have become allowed or not, or use other
+    credentials) or went. A status write changes nothing. No kopf state is kept on
+    accounts: the platform team's objects get no annotations or finalizers."""
+    name = event.key[1]
+    if event.type == "DELETED":
+        runtime.inventory.account_gone(name)
+        runtime.account_bodies.pop(name, None)
+        seen = None
+    else:
+        seen = runtime.inventory.account_seen(name, event.object.get("spec") or {})
+        runtime.account_bodies[name] = dict(event.object)
+    new, previous = name not in runtime.seen_accounts, runtime.seen_accounts.get(name)
+    runtime.seen_accounts[name] = seen  # a deleted one stays seen: a re-creation is a change
+    # At start-up every callback is checked anyway (by the first sweep or its handler),
+    # and every account is reported after the first sweep.
+    if not event.initial and (new or previous != seen):
+        runtime.account_work.run(name, lambda: follow_change(runtime, name))
 
-    @kopf.on.event(*account, registry=registry)
-    async def account_changed(
-        type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
-    ) -> None:
-        """Keep each account's body for the report after each sweep; report a new or
-        changed account at once; and ask its callbacks to reconcile when its spec changed
-        (they may have become allowed or not, or use other credentials), or when it was
-        created while the operator runs (a callback applied with it may have found it
-        missing). No kopf state is kept on accounts: the platform team's objects get no
-        annotations or finalizers."""
-        runtime: Runtime = memo["runtime"]
-        inventory = runtime.inventory
-        listed = inventory.first_event(ACCOUNT, ("", name)) is not None
-        created_while_running = inventory.complete and not listed
-        filed = inventory.accounts.get(name)  # as the start-up listing filed it, if listed
-        if type == "DELETED":
-            inventory.account_gone(name)
-            seen = None
-        else:
-            seen = inventory.account_seen(name, body.get("spec") or {})
-        await inventory.wait_complete()  # the report names the callbacks that manage each
-        first_sight = name not in runtime.seen_accounts
-        previous = runtime.seen_accounts.get(name)
-        runtime.seen_accounts[name] = seen
-        # At start-up every callback is checked anyway (by the first sweep or its
-        # handler), against the account as listed: only a change since matters. A status
-        # write changes nothing.
-        if first_sight:
-            changed = created_while_running or (listed and seen != filed)
-        else:
-            changed = previous != seen
-        if changed:
-            await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
-        if type == "DELETED":  # its name stays seen: a re-creation is a change
-            runtime.account_bodies.pop(name, None)
-        else:
-            runtime.account_bodies[name] = dict(body)
-            if first_sight or previous != seen:
-                await report_one(runtime, inventory.claims, name, body, time.monotonic())
+
+async def follow_change(runtime: Runtime, name: str) -> None:
+    """Ask the account's callbacks to reconcile, and report it."""
+    inventory = runtime.inventory
+    await inventory.wait_complete()  # who uses it, and who manages each registration
+    await runtime.ask_to_reconcile(sorted(set(inventory.account_users.get(name, ()))))
+    body = runtime.account_bodies.get(name)
+    if body is not None:
+        await report_one(runtime, inventory.claims, name, body, time.monotonic())
 
 
 async def report_accounts(runtime: Runtime, claims: Any, since: float) -> None:
@@ -157,8 +145,8 @@ async def prune(
     if runtime.config.namespaces:
         note = "Authoritative is inactive: this operator watches only some namespaces"
         return replace(ready, message=f"{ready.message}. {note}")
-    if not runtime.inventory.complete:
-        return ready  # not every callback of the cluster known yet: no judgement possible
+    if not runtime.knows_every_callback():
+        return ready  # not every callback of the cluster known now: no judgement possible
     watch = runtime.unmanaged
     period = runtime.config.resync_seconds
     for service, live in sorted(observation.callbacks.items()):

@@ -15,10 +15,9 @@ from typing import Any
 import kopf
 
 from . import reconciler
-from .account_handlers import register_account_handlers, report_accounts
+from .account_handlers import account_changed, report_accounts
 from .config import OperatorConfig
 from .drift import Tracked
-from .inventory import CALLBACK
 from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
 from .kube.secretwatch import SecretEvent
 from .kube.status import (
@@ -63,7 +62,7 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         claims, users = runtime.inventory.claims, runtime.inventory.secret_users
         await runtime.verify_crd_served()
         runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
-        runtime.start_inventory()
+        runtime.start_inventory(lambda event: account_changed(runtime, event))
         if config.secret_watch:
             runtime.start_secret_watch(lambda event: secret_changed(runtime, users, event))
         # The sweep decides ownership from the same live claims the handlers see, and
@@ -85,8 +84,6 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
             # Stopped by a signal, kopf still waits on its stop flag and would hold the
             # exit (and so the Lease's release) for 5 s: the flag is set, as we stop anyway.
             stop_flag.set()
-
-    register_account_handlers(registry)
 
     # No resume handler: after a restart the first drift sweep checks every unchanged
     # resource, one list per account, without kopf's per-handler bookkeeping
@@ -122,24 +119,6 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         if new is not None:
             patch.status["lastHandledReconcileAt"] = str(new)
 
-    @kopf.on.event(*resource, registry=registry)
-    async def track(type: str | None, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
-        """Keep the inventory and the drift sweep's view of every resource current (kopf
-        runs this before the object's other handlers), and confirm the start-up listing."""
-        runtime: Runtime = memo["runtime"]
-        # The object as received: kopf's body view resolves its path on every access.
-        body: Mapping[str, Any] = event.get("object") or {}
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
-        listed_version = runtime.inventory.first_event(CALLBACK, key)
-        if type == "DELETED":
-            await runtime.forget_callback(*key)
-        elif listed_version is None or listed_version != meta.get("resourceVersion"):
-            # Unless the start-up listing filed this very version (kopf's own listing
-            # shows every object again): filing it twice would double the start-up cost.
-            claim = runtime.inventory.callback_seen(body)
-            runtime.sweep.track(body, claim)
-
     @kopf.on.delete(*resource, registry=registry)
     async def deregister(
         spec: Mapping[str, Any],
@@ -153,9 +132,9 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         **kwargs: Any,
     ) -> None:
         runtime: Runtime = memo["runtime"]
-        # Not before every listed object was shown or found gone: a phantom older claim
-        # would leave this registration in ThingSpace for good.
-        await runtime.inventory.wait_confirmed()
+        # Not before every claim is known: an older owner not known yet would lose its
+        # registration.
+        await runtime.inventory.wait_complete()
         ownership, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
@@ -351,10 +330,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    # No worker limit: at startup the worker of a resource being deleted waits until every
-    # listed object has been shown by kopf, so with a limit below the number of such
-    # resources the workers would wait on objects that never get one (a limit of 500 once
-    # hung a restart over 1000 resources, when every worker waited so).
+    # No worker limit: kopf keeps the events of objects waiting for a worker, bodies and
+    # all, so a limit barely lowered the peak memory of a burst and slowed convergence
+    # (docs/performance.md). Workers must never wait on kopf's pass over other objects:
+    # with kopf indexes they did, and a limit of 500 hung a restart over 1000 resources.
     # Workers are released after 1 s idle instead of kopf's 5 s (docs/performance.md).
     # On shutdown, calls in flight get 1 s to finish, then are abandoned (as safe as a
     # crash: the next leader lists before it writes); the Lease is released sooner.

@@ -17,11 +17,14 @@ from typing import Any
 import kopf
 
 from .account import ACCOUNT_PLURAL, AccountSpec
+from .background import SerialTasks
 from .config import OperatorConfig
 from .drift import DriftSweep
-from .inventory import ACCOUNT, CALLBACK, Inventory, Listed, fill
+from .inventory import Inventory
+from .kube import listwatch
 from .kube.claims import Claim, claims_for, owner_among
 from .kube.connection import KubeConnection
+from .kube.listwatch import ListWatch, Scope, WatchEvent
 from .kube.namespaces import NamespaceLabels
 from .kube.resources import CallbackResources
 from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
@@ -84,7 +87,11 @@ class Runtime:
     metrics_port: int = 0  # where /metrics is served, once started
     secret_watch: LabelledSecretWatch | None = None
     inventory: Inventory = field(default_factory=Inventory)
-    """Claims, Secret and account users, and the accounts: fed by the event handlers."""
+    """Claims, Secret and account users, and the accounts: fed by the watches below."""
+    callback_watch: ListWatch | None = None
+    account_watch: ListWatch | None = None
+    account_work: SerialTasks = field(default_factory=SerialTasks)
+    """What a change of a ThingSpaceAccount asks for (reconcile requests, its report)."""
     seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
     """The spec each account had when last seen, to tell a change from a status write."""
     account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -120,7 +127,7 @@ class Runtime:
     async def forget_callback(self, namespace: str, name: str) -> None:
         """The callback is gone: its claim, Secret and account uses, and its drift checks.
         If it was the owner of a registration without being deleted first (no finalizer
-        let the deregister handler hand over, or it was deleted before kopf listed it),
+        let the deregister handler hand over, or a gap in the watch hid its deletion),
         the next owner is woken now rather than at its next drift check."""
         claimed = self.inventory.claims.entries_of((namespace, name))
         self.inventory.callback_gone(namespace, name)
@@ -129,6 +136,12 @@ class Runtime:
             owner = owner_among(claims_for(self.inventory.claims, self.account_names(), key))
             if owner is not None and not gone.deleting and gone < owner:  # it held it up
                 await self.ask_to_reconcile([(owner.namespace, owner.name)])
+
+    def knows_every_callback(self) -> bool:
+        """The inventory holds every ThingSpaceCallback in scope now: listed, and no
+        change unseen since (a failed watch may hide some until it lists again)."""
+        watch = self.callback_watch
+        return self.inventory.complete and watch is not None and watch.healthy
 
     def account(self, name: str) -> AccountSpec | None:
         return self.inventory.accounts.get(name)
@@ -194,55 +207,42 @@ class Runtime:
         self.secret_watch = watch
         watch.start()
 
-    def start_inventory(self) -> None:
-        """List every watched object once, in the background: the inventory and the drift
-        sweep are filled from it, and a later listing of names lets go of any object
-        deleted before kopf's own listing (no event ever shows it)."""
+    def start_inventory(self, account_listener: listwatch.Listener) -> None:
+        """List, then watch, every ThingSpaceCallback (the inventory and the drift sweep
+        follow them) and every ThingSpaceAccount (``account_listener``); the inventory is
+        complete once both are listed."""
+        self.callback_watch = ListWatch(
+            self.connection,
+            _callbacks_path,
+            self._callback_changed,
+            self.config.namespaces,  # as kopf watches them: namespace by namespace
+            what="ThingSpaceCallbacks",
+        )
+        self.account_watch = ListWatch(
+            self.connection, _accounts_path, account_listener, what="ThingSpaceAccounts"
+        )
+        watches = (self.callback_watch, self.account_watch)
+        for watch in watches:
+            watch.start()
         self.inventory_task = asyncio.create_task(
-            fill(self.inventory, self._load_watched, self._list_watched, self._let_go),
-            name="inventory",
+            self._complete_inventory(watches), name="inventory"
         )
 
-    def _callbacks_paths(self) -> list[str]:
-        base = f"/apis/{GROUP}/{VERSION}"
-        if self.config.namespaces:  # as kopf watches them: namespace by namespace
-            return [f"{base}/namespaces/{ns}/{PLURAL}" for ns in self.config.namespaces]
-        return [f"{base}/{PLURAL}"]
+    async def _callback_changed(self, event: WatchEvent) -> None:
+        if event.type == "DELETED":
+            await self.forget_callback(*event.key)
+        else:
+            self.sweep.track(event.object, self.inventory.callback_seen(event.object))
 
-    async def _load_watched(self) -> None:
-        """File every callback (in the inventory and the sweep) and every account."""
-        callbacks = 0
-        for path in self._callbacks_paths():
-            async for body in self.resources.items(path):
-                claim = self.inventory.listed_callback(body)
-                if claim is not None:
-                    self.sweep.track(body, claim)
-                callbacks += 1
-        accounts = 0
-        async for body in self.resources.items(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}"):
-            self.inventory.listed_account(body)
-            accounts += 1
-        log.info("Listed %d ThingSpaceCallbacks and %d ThingSpaceAccounts", callbacks, accounts)
-
-    async def _list_watched(self) -> list[Listed]:
-        listed = [
-            (CALLBACK, key)
-            for path in self._callbacks_paths()
-            for key in await self.resources.names(path)
-        ]
-        accounts = await self.resources.names(f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}")
-        return listed + [(ACCOUNT, ("", name)) for _, name in accounts]
-
-    async def _let_go(self, obj: Listed) -> None:
-        """A listed object was deleted before kopf listed it: forget it, and wake whom it
-        may have misled (the callbacks of an account, which may have used it meanwhile;
-        the next owner of a registration a callback claimed)."""
-        kind, (namespace, name) = obj
-        if kind == CALLBACK:
-            await self.forget_callback(namespace, name)
-            return
-        self.inventory.account_gone(name)
-        await self.ask_to_reconcile(sorted(set(self.inventory.account_users.get(name, ()))))
+    async def _complete_inventory(self, watches: Iterable[ListWatch]) -> None:
+        for watch in watches:
+            await watch.wait_listed()
+        self.inventory.mark_complete()
+        log.info(
+            "Listed %d ThingSpaceCallbacks and %d ThingSpaceAccounts",
+            len(self.sweep),
+            len(self.account_bodies),
+        )
 
     async def verify_crd_served(self) -> None:
         """Fail startup unless the API server serves ThingSpaceCallbacks: kopf looks the
@@ -259,8 +259,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.inventory_task
         await self.sweep.stop()
-        if self.secret_watch is not None:
-            await self.secret_watch.stop()
+        for watch in (self.secret_watch, self.callback_watch, self.account_watch):
+            if watch is not None:
+                await watch.stop()
+        await self.account_work.close()
         await self.views.close()
         await self.resources.close()
         await self.connection.close()
@@ -319,6 +321,15 @@ class Trigger:
     @property
     def secrets_fresh_after(self) -> float | None:
         return self.not_before if self.secrets_read_after is None else self.secrets_read_after
+
+
+def _callbacks_path(namespace: Scope) -> str:
+    base = f"/apis/{GROUP}/{VERSION}"
+    return f"{base}/namespaces/{namespace}/{PLURAL}" if namespace else f"{base}/{PLURAL}"
+
+
+def _accounts_path(_: Scope) -> str:
+    return f"/apis/{GROUP}/{VERSION}/{ACCOUNT_PLURAL}"
 
 
 async def sync(

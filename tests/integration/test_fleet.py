@@ -3,7 +3,6 @@ reconcile-now."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from tests.conftest import (
 )
 from tests.integration.test_metrics import scrape, value
 from tests.simctl import SimControl
-from thingspace_operator.kube.resources import CallbackResources
 from thingspace_operator.model import FINALIZER, RECONCILE_REQUESTED_ANNOTATION
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
@@ -149,59 +147,6 @@ async def test_after_a_restart_no_younger_claimant_takes_the_registration(
     )
     assert await ctl.calls("register") == 0
     assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/owner"
-
-
-def phantom_in_listing(monkeypatch: pytest.MonkeyPatch, name: str, created: str) -> None:
-    """The operator's start-up listing shows a callback ``name`` that is deleted before
-    kopf lists the callbacks: no event, and no listing after the first, shows it."""
-    real_items = CallbackResources.items
-
-    async def items(self: CallbackResources, path: str, *args: Any) -> AsyncIterator[Any]:
-        if path.endswith("/thingspacecallbacks") and not args:  # full objects
-            metadata = {"name": name, "namespace": NAMESPACE, "resourceVersion": "1"}
-            spec = {"accountName": ACCOUNT, "serviceName": "QoS", "url": f"{URL}/{name}"}
-            yield {"metadata": {**metadata, **handled(created)}, "spec": spec}
-        async for item in real_items(self, path, *args):
-            yield item
-
-    monkeypatch.setattr(CallbackResources, "items", items)
-
-
-async def test_an_object_deleted_before_kopf_listed_it_holds_no_registration_back(
-    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl, monkeypatch
-) -> None:
-    """The older phantom owns the registration while it is filed: the younger resource
-    reports Conflict, and is woken once a listing of names lets the phantom go."""
-    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
-    await cluster.create_callback("younger", url=f"{URL}/younger")
-    phantom_in_listing(monkeypatch, "phantom", "2026-01-01")
-    runtime = await start_operator()
-
-    await eventually(lambda: ready(cluster, "younger"), what="the younger one Ready")
-    assert "Conflict" in cluster.event_reasons("younger")  # while the phantom was filed
-    annotations = (cluster.callback("younger") or {})["metadata"].get("annotations") or {}
-    assert RECONCILE_REQUESTED_ANNOTATION in annotations  # woken when it was let go
-    assert (await ctl.registrations())[ACCOUNT][0]["url"] == f"{URL}/younger"
-    assert (ACCOUNT, "QoS") in runtime.inventory.claims
-    assert [c.name for c in runtime.inventory.claims[(ACCOUNT, "QoS")]] == ["younger"]
-    assert runtime.inventory.confirmed
-
-
-async def test_a_deletion_at_start_up_deregisters_despite_a_phantom_claim(
-    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl, monkeypatch
-) -> None:
-    """A deletion decides ownership only once every listed object was shown or let go: an
-    older phantom would otherwise make it leave its registration in ThingSpace."""
-    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
-    await ctl.set_registration(ACCOUNT, "QoS", url=f"{URL}/leaving")
-    await cluster.create_callback("leaving", url=f"{URL}/leaving", metadata=handled("2026-06-01"))
-    await cluster.delete_callback("leaving")  # the finalizer holds it for the operator
-    phantom_in_listing(monkeypatch, "phantom", "2026-01-01")
-    await start_operator()
-
-    await eventually(lambda: cluster.callback("leaving") is None, what="the deletion done")
-    assert (await ctl.registrations()).get(ACCOUNT, []) == []
-    assert await ctl.calls("deregister") == 1
 
 
 async def test_a_restart_checks_every_unchanged_resource_at_once_and_writes_nothing_else(

@@ -61,7 +61,7 @@ def view(monkeypatch: pytest.MonkeyPatch) -> RecordingView:
 def runtime(indexed: bool = True, namespaces: tuple[str, ...] = ()) -> Any:
     return SimpleNamespace(
         config=SimpleNamespace(namespaces=namespaces, resync_seconds=PERIOD),
-        inventory=SimpleNamespace(complete=indexed),
+        knows_every_callback=lambda: indexed,
         unmanaged={},
         lock_for=lambda *_: asyncio.Lock(),
     )

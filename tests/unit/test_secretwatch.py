@@ -81,10 +81,13 @@ def connection_to(url: str) -> KubeConnection:
 
 
 @contextlib.asynccontextmanager
-async def serving(server: ScriptedApiServer) -> AsyncIterator[str]:
-    """The scripted server on a free loopback port; its URL."""
+async def serving(
+    server: ScriptedApiServer, routes: dict[str, ScriptedApiServer] | None = None
+) -> AsyncIterator[str]:
+    """The scripted server (or one per path, ``routes``) on a free loopback port; its URL."""
     app = aiohttp.web.Application()
-    app.router.add_get("/api/v1/secrets", server.handle)
+    for path, served in (routes or {"/api/v1/secrets": server}).items():
+        app.router.add_get(path, served.handle)
     runner = aiohttp.web.AppRunner(app)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
@@ -92,7 +95,8 @@ async def serving(server: ScriptedApiServer) -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
-        server.closing.set()
+        for served in (routes or {"": server}).values():
+            served.closing.set()
         await runner.cleanup()
 
 

@@ -2,7 +2,7 @@
 
 import datetime
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -13,9 +13,6 @@ from .connection import KubeApiError, KubeConnection
 from .events import event_manifest, reference
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
-# Names are all a listing again needs: the API server leaves out spec and status.
-METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-PAGE_SIZE = "500"
 
 
 class CallbackResources:
@@ -82,38 +79,6 @@ class CallbackResources:
         ) as response:
             if response.status >= 300:
                 raise KubeApiError(response.status, response.reason)
-
-    async def names(self, path: str) -> list[tuple[str, str]]:
-        """(namespace, name) of every object the list ``path`` holds."""
-        found: list[tuple[str, str]] = []
-        async for item in self.items(path, METADATA_ONLY):
-            meta = item.get("metadata") or {}
-            found.append((str(meta.get("namespace") or ""), str(meta.get("name"))))
-        return found
-
-    async def items(
-        self, path: str, accept: str = "application/json"
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every object the list ``path`` holds, fetched a page at a time: a large fleet
-        is never all in memory at once. Nothing when the resource is not served (a CRD
-        not installed: kopf skips it too)."""
-        token = ""
-        headers = {**self._connection.headers(), "Accept": accept}
-        while True:
-            query = {"limit": PAGE_SIZE, **({"continue": token} if token else {})}
-            async with self._client().get(
-                self._connection.url(path), params=query, headers=headers, timeout=TIMEOUT
-            ) as response:
-                if response.status == 404:
-                    return
-                if response.status >= 300:  # 410: the continue token expired; list again
-                    raise KubeApiError(response.status, response.reason)
-                page = await response.json()
-            for item in page.pop("items", None) or ():
-                yield item
-            token = (page.get("metadata") or {}).get("continue") or ""
-            if not token:
-                return
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
