@@ -50,7 +50,8 @@ async def account_changed(runtime: Runtime, event: WatchEvent) -> None:
         runtime.account_bodies.pop(name, None)
         seen = None
     else:
-        seen = runtime.inventory.account_seen(name, event.object.get("spec") or {})
+        spec = event.object.get("spec")
+        seen = runtime.inventory.account_seen(name, spec if isinstance(spec, Mapping) else {})
         runtime.account_bodies[name] = dict(event.object)
     new, previous = name not in runtime.seen_accounts, runtime.seen_accounts.get(name)
     runtime.seen_accounts[name] = seen  # a deleted one stays seen: a re-creation is a change

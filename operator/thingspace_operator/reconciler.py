@@ -231,8 +231,11 @@ class Runtime:
     async def _callback_changed(self, event: WatchEvent) -> None:
         if event.type == "DELETED":
             await self.forget_callback(*event.key)
-        else:
+            return
+        try:
             self.sweep.track(event.object, self.inventory.callback_seen(event.object))
+        except Exception as exc:  # its shape, not the watch: the others must still be filed
+            log.error("Could not file ThingSpaceCallback %s/%s (%s)", *event.key, _kind(exc))
 
     async def _complete_inventory(self, watches: Iterable[ListWatch]) -> None:
         for watch in watches:
@@ -321,6 +324,11 @@ class Trigger:
     @property
     def secrets_fresh_after(self) -> float | None:
         return self.not_before if self.secrets_read_after is None else self.secrets_read_after
+
+
+def _kind(exc: Exception) -> str:
+    """The type of a failure, never its message (which could quote the object)."""
+    return type(exc).__name__
 
 
 def _callbacks_path(namespace: Scope) -> str:

@@ -1,10 +1,20 @@
 """The inventory: the operator's own maps of claims, Secret and account users, accounts
-(fed by its own watches: kube/listwatch.py, tests/unit/test_listwatch.py)."""
+(fed by its own watches: kube/listwatch.py, tests/unit/test_listwatch.py), and what the
+watches' listeners do with an object that cannot be filed."""
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import kopf
+import pytest
+
+from thingspace_operator.account_handlers import account_changed
+from thingspace_operator.config import OperatorConfig
 from thingspace_operator.inventory import Index, Inventory
 from thingspace_operator.kube.claims import Claim
+from thingspace_operator.kube.connection import KubeConnection
+from thingspace_operator.kube.listwatch import WatchEvent
+from thingspace_operator.reconciler import Runtime
 
 ACCOUNT_SPEC = {
     "accountName": "0000123456-00001",
@@ -90,3 +100,34 @@ def test_the_inventory_is_complete_once_marked() -> None:
     assert not inventory.complete
     inventory.mark_complete()
     assert inventory.complete
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[Runtime]:
+    """A runtime whose watch listeners are called directly (no API server)."""
+    connection = KubeConnection(kopf.ConnectionInfo(server="http://127.0.0.1:9"))
+    runtime = Runtime.create(OperatorConfig(), connection)
+    yield runtime
+    await runtime.close()
+
+
+async def test_a_malformed_callback_is_logged_and_skipped_not_the_watch(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The list-watch lists again after any failure of its listener: one object that
+    cannot be filed must not hold back every other (nor completeness) for good."""
+    malformed = {"metadata": {"namespace": "team-a", "name": "odd"}, "spec": "not a mapping"}
+    await runtime._callback_changed(WatchEvent("ADDED", malformed, initial=True))
+    well_formed = callback("qos", accountName="0000123456-00001")
+    await runtime._callback_changed(WatchEvent("ADDED", well_formed, initial=True))
+    assert [c.name for c in runtime.inventory.claims[("0000123456-00001", "QoS")]] == ["qos"]
+    assert len(runtime.sweep) == 1  # the well-formed one only
+    assert "Could not file ThingSpaceCallback team-a/odd (AttributeError)" in caplog.text
+    assert "not a mapping" not in caplog.text
+
+
+async def test_a_malformed_account_is_filed_as_invalid(runtime: Runtime) -> None:
+    malformed = {"metadata": {"name": "fleet"}, "spec": "not a mapping"}
+    await account_changed(runtime, WatchEvent("ADDED", malformed, initial=True))
+    assert "fleet" not in runtime.inventory.accounts
+    assert runtime.seen_accounts == {"fleet": None}
