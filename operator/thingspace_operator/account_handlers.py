@@ -50,15 +50,25 @@ async def account_changed(runtime: Runtime, event: WatchEvent) -> None:
         runtime.account_bodies.pop(name, None)
         seen = None
     else:
-        spec = event.object.get("spec")
-        seen = runtime.inventory.account_seen(name, spec if isinstance(spec, Mapping) else {})
+        seen = _filed(runtime, name, event.object.get("spec"))
         runtime.account_bodies[name] = dict(event.object)
     new, previous = name not in runtime.seen_accounts, runtime.seen_accounts.get(name)
     runtime.seen_accounts[name] = seen  # a deleted one stays seen: a re-creation is a change
     # At start-up every callback is checked anyway (by the first sweep or its handler),
     # and every account is reported after the first sweep.
     if not event.initial and (new or previous != seen):
-        runtime.account_work.run(name, lambda: follow_change(runtime, name))
+        runtime.background.run(("ThingSpaceAccount", name), lambda: follow_change(runtime, name))
+
+
+def _filed(runtime: Runtime, name: str, spec: Any) -> AccountSpec | None:
+    """File the account; its parsed spec, or None when it is invalid, however malformed
+    (a failure here would stop the watch of every account)."""
+    try:
+        return runtime.inventory.account_seen(name, spec if isinstance(spec, Mapping) else {})
+    except Exception as exc:
+        log.error("Could not file ThingSpaceAccount %s (%s)", name, type(exc).__name__)
+        runtime.inventory.account_gone(name)
+        return None
 
 
 async def follow_change(runtime: Runtime, name: str) -> None:
@@ -146,7 +156,7 @@ async def prune(
     if runtime.config.namespaces:
         note = "Authoritative is inactive: this operator watches only some namespaces"
         return replace(ready, message=f"{ready.message}. {note}")
-    if not runtime.knows_every_callback():
+    if not runtime.inventory_current():
         return ready  # not every callback of the cluster known now: no judgement possible
     watch = runtime.unmanaged
     period = runtime.config.resync_seconds

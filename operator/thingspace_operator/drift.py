@@ -198,6 +198,9 @@ class DriftSweep:
     def take_secrets_read(self, key: Key) -> float | None:
         return self._secrets_read.pop(key, None)
 
+    def tracked(self, key: Key) -> Tracked | None:
+        return self._tracked.get(key)
+
     def registration_of(self, key: Key) -> tuple[str, str] | None:
         """(account, service) of a known resource, for log lines."""
         tracked = self._tracked.get(key)

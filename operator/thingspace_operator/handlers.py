@@ -5,6 +5,7 @@ configuration, so tests and the CLI each get a registry with their own settings.
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -43,6 +44,8 @@ from .reconciler import READY, Outcome, Runtime, Trigger
 from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
+#: Seconds a handler waits for the operator's own watch to show its resource.
+SHOWN_WAIT = 10.0
 ClaimsIndex = Mapping[tuple[str, str], Iterable[Claim]]
 SecretUsers = Mapping[tuple[str, str], Iterable[str]]  # (namespace, Secret) -> names
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
@@ -132,9 +135,15 @@ def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.Op
         **kwargs: Any,
     ) -> None:
         runtime: Runtime = memo["runtime"]
-        # Not before every claim is known: an older owner not known yet would lose its
-        # registration.
+        # Not before every claim is known (an older owner not known yet would lose its
+        # registration): the start-up listing, and the own watch up to this deletion.
         await runtime.inventory.wait_complete()
+        try:
+            async with asyncio.timeout(SHOWN_WAIT):
+                await runtime.wait_shown(_namespaced(namespace), str(meta.get("name")), True)
+        except TimeoutError:
+            message = "Waiting for the operator's watch of ThingSpaceCallbacks to show the deletion"
+            raise kopf.TemporaryError(message, delay=backoff(retry, runtime.config)) from None
         ownership, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
@@ -220,6 +229,11 @@ async def sync_and_report(
     Ownership is decided once the start-up listing of every object is filed."""
     runtime: Runtime = memo["runtime"]
     await runtime.inventory.wait_complete()
+    # Every older claim is filed once the own watch shows this resource. If it lags this
+    # long, decide now: a drift check corrects a registration taken from an older owner.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SHOWN_WAIT):
+            await runtime.wait_shown(_namespaced(namespace), str(meta.get("name")), False)
     claims = runtime.inventory.claims
     rival = _rival(runtime, claims, claim_key(spec), claim_of(meta, namespace or ""))
     recorded = status.get("accountName")
@@ -256,7 +270,7 @@ async def check_drift(
             runtime.sweep.take_request(tracked.key)
             raise
         if not exists:  # its deletion went unseen (a watch gap): forget it everywhere
-            await runtime.forget_callback(*tracked.key)
+            runtime.forget_callback(*tracked.key)
     else:
         trigger_label = "resume" if resuming else "drift_check"
         runtime.metrics.observe_reconcile(trigger_label, outcome.synced.reason, False)

@@ -8,6 +8,7 @@ condition reason, so handlers never see a raw exception from ThingSpace or a Sec
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import weakref
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,7 @@ from .account import ACCOUNT_PLURAL, AccountSpec
 from .background import SerialTasks
 from .config import OperatorConfig
 from .drift import DriftSweep
-from .inventory import Inventory
+from .inventory import Inventory, ObjectKey
 from .kube import listwatch
 from .kube.claims import Claim, claims_for, owner_among
 from .kube.connection import KubeConnection
@@ -90,8 +91,13 @@ class Runtime:
     """Claims, Secret and account users, and the accounts: fed by the watches below."""
     callback_watch: ListWatch | None = None
     account_watch: ListWatch | None = None
-    account_work: SerialTasks = field(default_factory=SerialTasks)
-    """What a change of a ThingSpaceAccount asks for (reconcile requests, its report)."""
+    background: SerialTasks = field(default_factory=SerialTasks)
+    """What the watches ask for and must not wait on: reconcile requests, account reports."""
+    unfiled: set[ObjectKey] = field(default_factory=set)
+    """Callbacks the watch showed that could not be filed (malformed)."""
+    _shown_waiters: dict[ObjectKey, list[tuple[bool, "asyncio.Future[None]"]]] = field(
+        default_factory=dict
+    )
     seen_accounts: dict[str, AccountSpec | None] = field(default_factory=dict)
     """The spec each account had when last seen, to tell a change from a status write."""
     account_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -124,24 +130,60 @@ class Runtime:
             sweep=DriftSweep(config.resync_seconds),
         )
 
-    async def forget_callback(self, namespace: str, name: str) -> None:
+    def forget_callback(self, namespace: str, name: str) -> None:
         """The callback is gone: its claim, Secret and account uses, and its drift checks.
         If it was the owner of a registration without being deleted first (no finalizer
         let the deregister handler hand over, or a gap in the watch hid its deletion),
-        the next owner is woken now rather than at its next drift check."""
+        the next owner is asked to reconcile now (in the background) rather than at its
+        next drift check."""
         claimed = self.inventory.claims.entries_of((namespace, name))
         self.inventory.callback_gone(namespace, name)
         self.sweep.forget(namespace, name)
+        self.unfiled.discard((namespace, name))
         for key, gone in claimed.items():
             owner = owner_among(claims_for(self.inventory.claims, self.account_names(), key))
             if owner is not None and not gone.deleting and gone < owner:  # it held it up
-                await self.ask_to_reconcile([(owner.namespace, owner.name)])
+                heir = (owner.namespace, owner.name)
+                self.background.run(heir, functools.partial(self.ask_to_reconcile, [heir]))
 
-    def knows_every_callback(self) -> bool:
-        """The inventory holds every ThingSpaceCallback in scope now: listed, and no
-        change unseen since (a failed watch may hide some until it lists again)."""
-        watch = self.callback_watch
-        return self.inventory.complete and watch is not None and watch.healthy
+    def inventory_current(self) -> bool:
+        """The inventory holds every ThingSpaceCallback and ThingSpaceAccount in scope
+        now: listed, no change unseen since (a failed watch may hide some until it lists
+        again), and none that could not be filed."""
+        watches = (self.callback_watch, self.account_watch)
+        healthy = all(watch is not None and watch.healthy for watch in watches)
+        return self.inventory.complete and healthy and not self.unfiled
+
+    async def wait_shown(self, namespace: str, name: str, deleting: bool) -> None:
+        """Until the operator's own watch has shown this callback (being deleted, with
+        ``deleting``). One watch stream delivers a namespace's objects in order, so every
+        callback created (and deleted) before it there is filed then too: an ownership
+        decision made after it sees them."""
+        key = (namespace, name)
+        if self._shown(key, deleting):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (deleting, future)
+        self._shown_waiters.setdefault(key, []).append(waiter)
+        try:
+            await future
+        finally:
+            waiters = self._shown_waiters.get(key, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._shown_waiters.pop(key, None)
+
+    def _shown(self, key: ObjectKey, deleting: bool) -> bool:
+        if key in self.unfiled:
+            return True
+        tracked = self.sweep.tracked(key)
+        return tracked is not None and (tracked.claim.deleting or not deleting)
+
+    def _wake_shown(self, key: ObjectKey, gone: bool = False) -> None:
+        for deleting, future in self._shown_waiters.get(key, ()):
+            if not future.done() and (gone or self._shown(key, deleting)):
+                future.set_result(None)
 
     def account(self, name: str) -> AccountSpec | None:
         return self.inventory.accounts.get(name)
@@ -219,7 +261,11 @@ class Runtime:
             what="ThingSpaceCallbacks",
         )
         self.account_watch = ListWatch(
-            self.connection, _accounts_path, account_listener, what="ThingSpaceAccounts"
+            self.connection,
+            _accounts_path,
+            account_listener,
+            what="ThingSpaceAccounts",
+            may_be_absent=True,  # a cluster without accounts may lack their CRD
         )
         watches = (self.callback_watch, self.account_watch)
         for watch in watches:
@@ -230,12 +276,18 @@ class Runtime:
 
     async def _callback_changed(self, event: WatchEvent) -> None:
         if event.type == "DELETED":
-            await self.forget_callback(*event.key)
+            self.forget_callback(*event.key)
+            self._wake_shown(event.key, gone=True)
             return
         try:
             self.sweep.track(event.object, self.inventory.callback_seen(event.object))
+            self.unfiled.discard(event.key)
         except Exception as exc:  # its shape, not the watch: the others must still be filed
             log.error("Could not file ThingSpaceCallback %s/%s (%s)", *event.key, _kind(exc))
+            self.inventory.callback_gone(*event.key)  # not as it was before either
+            self.sweep.forget(*event.key)
+            self.unfiled.add(event.key)
+        self._wake_shown(event.key)
 
     async def _complete_inventory(self, watches: Iterable[ListWatch]) -> None:
         for watch in watches:
@@ -265,7 +317,7 @@ class Runtime:
         for watch in (self.secret_watch, self.callback_watch, self.account_watch):
             if watch is not None:
                 await watch.stop()
-        await self.account_work.close()
+        await self.background.close()
         await self.views.close()
         await self.resources.close()
         await self.connection.close()

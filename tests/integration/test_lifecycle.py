@@ -1,11 +1,15 @@
 """The operator end to end: real kopf reactor, emulated Kubernetes API, simulated ThingSpace."""
 
+import asyncio
 import json
 
 import aiohttp
 
-from tests.conftest import ACCOUNT, Cluster, OperatorFactory, eventually
+from tests.conftest import ACCOUNT, DEMO_CREDENTIALS, Cluster, OperatorFactory, eventually
+from thingspace_operator import handlers
+from thingspace_operator.kube.listwatch import WatchEvent
 from thingspace_operator.model import FINALIZER
+from thingspace_operator.reconciler import Runtime
 from thingspace_operator.simulator import SimulatorServer
 
 URL = "https://listener.example.com/qos"
@@ -226,3 +230,35 @@ async def test_a_resource_deleted_unseen_leaves_the_drift_checks(
     # ... and by the inventory: its claim would keep any younger claimant in Conflict.
     assert (ACCOUNT, "QoS") not in runtime.inventory.claims
     assert live(sim).url == "https://evil.example/"  # nothing written for a resource gone
+
+
+async def test_a_deletion_waits_until_the_operators_own_watch_shows_it(
+    start_operator: OperatorFactory, cluster: Cluster, sim, monkeypatch, caplog
+) -> None:
+    """Ownership at a deletion is decided from the operator's own watch, which may lag
+    kopf's: until it shows the deletion (and with it every older claim), nothing is
+    deregistered; the deletion is retried and finishes once the watch catches up."""
+    monkeypatch.setattr(handlers, "SHOWN_WAIT", 0.2)
+    flowing = asyncio.Event()
+    flowing.set()
+    real = Runtime._callback_changed
+
+    async def gated(self: Runtime, event: WatchEvent) -> None:
+        await flowing.wait()
+        await real(self, event)
+
+    monkeypatch.setattr(Runtime, "_callback_changed", gated)
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await start_operator()
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+
+    flowing.clear()  # the operator's watch stalls; kopf's goes on
+    await cluster.delete_callback("qos-events")
+    await eventually(lambda: "to show the deletion" in caplog.text, what="the deletion waiting")
+    assert live(sim).url == URL
+    assert cluster.callback("qos-events") is not None
+
+    flowing.set()
+    await eventually(lambda: cluster.callback("qos-events") is None, what="finalizer released")
+    assert live(sim) is None

@@ -61,7 +61,7 @@ def view(monkeypatch: pytest.MonkeyPatch) -> RecordingView:
 def runtime(indexed: bool = True, namespaces: tuple[str, ...] = ()) -> Any:
     return SimpleNamespace(
         config=SimpleNamespace(namespaces=namespaces, resync_seconds=PERIOD),
-        knows_every_callback=lambda: indexed,
+        inventory_current=lambda: indexed,
         unmanaged={},
         lock_for=lambda *_: asyncio.Lock(),
     )

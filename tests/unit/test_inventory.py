@@ -2,12 +2,14 @@
 (fed by its own watches: kube/listwatch.py, tests/unit/test_listwatch.py), and what the
 watches' listeners do with an object that cannot be filed."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
 import pytest
 
+from thingspace_operator import account_handlers
 from thingspace_operator.account_handlers import account_changed
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.inventory import Index, Inventory
@@ -16,6 +18,7 @@ from thingspace_operator.kube.connection import KubeConnection
 from thingspace_operator.kube.listwatch import WatchEvent
 from thingspace_operator.reconciler import Runtime
 
+ACCOUNT = "0000123456-00001"
 ACCOUNT_SPEC = {
     "accountName": "0000123456-00001",
     "credentialsSecretRef": {"name": "creds", "namespace": "ops"},
@@ -126,8 +129,115 @@ async def test_a_malformed_callback_is_logged_and_skipped_not_the_watch(
     assert "not a mapping" not in caplog.text
 
 
-async def test_a_malformed_account_is_filed_as_invalid(runtime: Runtime) -> None:
-    malformed = {"metadata": {"name": "fleet"}, "spec": "not a mapping"}
+class StubWatch:
+    def __init__(self, healthy: bool = True) -> None:
+        self.healthy = healthy
+
+    async def stop(self) -> None:
+        pass
+
+
+def healthy_watches(runtime: Runtime) -> None:
+    runtime.inventory.mark_complete()
+    runtime.callback_watch = runtime.account_watch = StubWatch()  # type: ignore[assignment]
+
+
+async def test_a_callback_that_cannot_be_filed_stops_authoritative_judgement_until_fixed(
+    runtime: Runtime,
+) -> None:
+    """It may declare a registration nobody else does: pruning must not judge meanwhile."""
+    healthy_watches(runtime)
+    assert runtime.inventory_current()
+    key = ("team-a", "qos")
+    await runtime._callback_changed(WatchEvent("ADDED", callback("qos", accountName=ACCOUNT)))
+    malformed = {"metadata": {"namespace": "team-a", "name": "qos"}, "spec": "not a mapping"}
+    await runtime._callback_changed(WatchEvent("MODIFIED", malformed))
+    assert not runtime.inventory_current()
+    assert len(runtime.inventory.claims) == 0  # its earlier filing goes too
+    assert runtime.sweep.tracked(key) is None
+    await runtime._callback_changed(WatchEvent("MODIFIED", callback("qos", accountName=ACCOUNT)))
+    assert runtime.inventory_current()
+    runtime.callback_watch = StubWatch(healthy=False)  # type: ignore[assignment]
+    assert not runtime.inventory_current()
+
+
+def being_deleted(body: dict[str, Any]) -> dict[str, Any]:
+    body["metadata"]["deletionTimestamp"] = "2026-11-02T00:00:00Z"
+    return body
+
+
+async def test_a_handler_waits_until_the_own_watch_shows_its_resource(runtime: Runtime) -> None:
+    """Shown (being deleted, for a deletion): every older object of its namespace is
+    filed then too, so its ownership decision sees them."""
+    created = asyncio.create_task(runtime.wait_shown("team-a", "qos", deleting=False))
+    deleting = asyncio.create_task(runtime.wait_shown("team-a", "qos", deleting=True))
+    await asyncio.sleep(0)
+    assert not created.done()
+    await runtime._callback_changed(WatchEvent("ADDED", callback("qos", accountName=ACCOUNT)))
+    await asyncio.wait_for(created, 5)
+    await asyncio.sleep(0)
+    assert not deleting.done()  # shown, but not yet as being deleted
+    deleted = being_deleted(callback("qos", accountName=ACCOUNT))
+    await runtime._callback_changed(WatchEvent("MODIFIED", deleted))
+    await asyncio.wait_for(deleting, 5)
+    await asyncio.wait_for(runtime.wait_shown("team-a", "qos", deleting=True), 5)  # at once
+    gone = asyncio.create_task(runtime.wait_shown("team-a", "other", deleting=True))
+    await asyncio.sleep(0)
+    await runtime._callback_changed(WatchEvent("DELETED", callback("other")))
+    await asyncio.wait_for(gone, 5)  # gone meanwhile: nothing left to wait for
+    assert runtime._shown_waiters == {}
+
+
+@pytest.mark.parametrize("spec", ["not a mapping", {**ACCOUNT_SPEC, "namespaces": 5}])
+async def test_a_malformed_account_is_filed_as_invalid(runtime: Runtime, spec: Any) -> None:
+    malformed = {"metadata": {"name": "fleet"}, "spec": spec}
     await account_changed(runtime, WatchEvent("ADDED", malformed, initial=True))
     assert "fleet" not in runtime.inventory.accounts
     assert runtime.seen_accounts == {"fleet": None}
+
+
+class AccountFollowUps:
+    """What a change of an account asked for: reconcile requests and reports."""
+
+    def __init__(self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.asked: list[list[tuple[str, str]]] = []
+        self.reported: list[str] = []
+
+        async def ask(callbacks: Any) -> None:
+            self.asked.append(list(callbacks))
+
+        async def report(_: Runtime, __: Any, name: str, *___: Any) -> None:
+            self.reported.append(name)
+
+        monkeypatch.setattr(runtime, "ask_to_reconcile", ask)
+        monkeypatch.setattr(account_handlers, "report_one", report)
+
+
+def account(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": "fleet"}, "spec": spec, "status": status or {}}
+
+
+async def test_an_account_asks_its_callbacks_only_when_new_changed_or_gone_after_start_up(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = AccountFollowUps(runtime, monkeypatch)
+    user = callback("qos", accountRef={"name": "fleet"})
+    await runtime._callback_changed(WatchEvent("ADDED", user, initial=True))
+
+    async def event(type_: str, body: dict[str, Any], initial: bool = False) -> None:
+        await account_changed(runtime, WatchEvent(type_, body, initial))
+        await asyncio.wait_for(runtime.background.idle(), 5)
+
+    await event("ADDED", account(ACCOUNT_SPEC), initial=True)
+    runtime.inventory.mark_complete()
+    assert (seen.asked, seen.reported) == ([], [])  # the first sweep checks and reports
+    await event("MODIFIED", account(ACCOUNT_SPEC, {"ready": "True"}))
+    assert (seen.asked, seen.reported) == ([], [])  # a status write changes nothing
+    await event("MODIFIED", account({**ACCOUNT_SPEC, "namespaces": ["team-a"]}))
+    assert (seen.asked, seen.reported) == ([[("team-a", "qos")]], ["fleet"])
+    await event("DELETED", account(ACCOUNT_SPEC))
+    assert seen.asked[-1] == [("team-a", "qos")]
+    assert seen.reported == ["fleet"]  # nothing left to report on
+    await event("ADDED", account(ACCOUNT_SPEC))  # created again: a change
+    assert len(seen.asked) == 3
+    assert seen.reported == ["fleet", "fleet"]

@@ -68,7 +68,7 @@ async def test_the_watch_continues_from_the_listing_so_a_deletion_in_between_is_
     assert [q["resourceVersion"] for q in server.requests if q.get("watch")] == ["10"]
 
 
-async def test_a_resource_not_served_lists_as_empty_and_is_looked_at_again() -> None:
+async def test_a_resource_that_may_be_absent_lists_as_empty_and_is_looked_at_again() -> None:
     """A CRD not installed (yet): listed at once, as empty; its objects once it is."""
     server = ScriptedApiServer(
         lists=[404, {"metadata": {"resourceVersion": "5"}, "items": [obj("a", 1)]}],
@@ -77,7 +77,9 @@ async def test_a_resource_not_served_lists_as_empty_and_is_looked_at_again() -> 
     seen, listener = recorder()
     async with serving(server, {PATH: server}) as url:
         connection = connection_to(url)
-        watch = ListWatch(connection, path, listener, what="callbacks", retry_max_seconds=0.05)
+        watch = ListWatch(
+            connection, path, listener, what="accounts", retry_max_seconds=0.05, may_be_absent=True
+        )
         watch.start()
         try:
             await asyncio.wait_for(watch.wait_listed(), 10)
@@ -85,6 +87,24 @@ async def test_a_resource_not_served_lists_as_empty_and_is_looked_at_again() -> 
         finally:
             await watch.stop()
     assert seen == [("ADDED", "a", False)]  # new since the (empty) first listing
+
+
+async def test_a_404_of_a_resource_that_must_be_there_is_a_failure_and_keeps_what_is_known() -> (
+    None
+):
+    listing = {"metadata": {"resourceVersion": "5"}, "items": [obj("a", 1)]}
+    server = ScriptedApiServer(lists=[listing, 404, listing], watches=[500, []])
+    seen, listener = recorder()
+    async with serving(server, {PATH: server}) as url:
+        connection = connection_to(url)
+        watch = ListWatch(connection, path, listener, what="callbacks", retry_max_seconds=0.05)
+        watch.start()
+        try:
+            await eventually(lambda: not server.lists, what="listed again after the 404")
+            await eventually(lambda: watch.healthy, what="healthy once listed")
+        finally:
+            await watch.stop()
+    assert seen == [("ADDED", "a", True)]  # no deletion made up from the 404
 
 
 async def test_the_watch_counts_as_listed_once_every_scope_is() -> None:

@@ -77,7 +77,11 @@ class ListWatch:
         page_size: int = 500,
         server_timeout: float = 300.0,
         retry_max_seconds: float = 30.0,
+        may_be_absent: bool = False,
     ) -> None:
+        """``may_be_absent``: a 404 on the list means the resource is not served (its CRD
+        not installed yet), which lists as empty; otherwise it is a failure like any
+        other, and what is known is kept."""
         self._connection = connection
         self._path = path
         self._listener = listener
@@ -87,6 +91,7 @@ class ListWatch:
         self._page_size = page_size
         self._server_timeout = server_timeout
         self._retry_max = retry_max_seconds
+        self._may_be_absent = may_be_absent
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._known: dict[Scope, dict[ObjectKey, str]] = {s: {} for s in self._scopes}
@@ -203,17 +208,19 @@ class ListWatch:
             params["continue"] = str(meta["continue"])
         vanished = set(known) - set(listed)
         self._going.update(vanished)  # first: a read meanwhile is untracked
-        for namespace, name in sorted(vanished):
-            await self._listener(_deleted(namespace, name))
+        try:
+            for namespace, name in sorted(vanished):
+                await self._listener(_deleted(namespace, name))
+        finally:
+            self._going.difference_update(vanished)
         known.clear()
         known.update(listed)
-        self._going.difference_update(vanished)
         return version
 
     async def _get_json(self, scope: Scope, params: dict[str, str]) -> Mapping[str, Any] | None:
         """A page of the list; None when the resource is not served."""
         async with self._get(scope, params, aiohttp.ClientTimeout(total=60), "listing") as got:
-            if got.status == 404:
+            if got.status == 404:  # only if it may be absent: see _get
                 return None
             body: Mapping[str, Any] = await got.json()
             return body
@@ -232,7 +239,8 @@ class ListWatch:
         ) as response:
             if response.status == 410:
                 raise _Expired()
-            if response.status != 200 and not (response.status == 404 and what == "listing"):
+            absent = response.status == 404 and what == "listing" and self._may_be_absent
+            if response.status != 200 and not absent:
                 raise WatchFailed(f"HTTP {response.status} {what} {self._what}")
             yield response
 
