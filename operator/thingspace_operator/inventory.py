@@ -7,7 +7,8 @@ wake-ups, 272 s to resume 5000 resources (docs/performance.md). The maps are fed
 operator's own list and watch of ThingSpaceCallbacks and ThingSpaceAccounts
 (kube/listwatch.py), and are complete as soon as the first listing of both is filed: no
 handler waits for kopf's pass over every object. The watch continues from that listing, so
-the maps never hold an object deleted meanwhile.
+no object deleted between the two lingers in them; a handler that decides ownership waits
+until that watch has shown its own resource (reconciler.Runtime.wait_shown).
 """
 
 import asyncio
