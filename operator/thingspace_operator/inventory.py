@@ -18,12 +18,12 @@ from typing import Any, Generic, TypeVar
 
 from .account import AccountSpec
 from .kube.claims import Claim, claim_key, claim_of
+from .kube.listwatch import ObjectKey
 from .kube.secrets import referenced_secrets
 from .model import InvalidSpec
 
 K = TypeVar("K")
 V = TypeVar("V")
-ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for ThingSpaceAccounts
 
 
 class Index(Mapping[K, Collection[V]], Generic[K, V]):

@@ -21,11 +21,11 @@ from .account import ACCOUNT_PLURAL, AccountSpec
 from .background import SerialTasks
 from .config import OperatorConfig
 from .drift import DriftSweep
-from .inventory import Inventory, ObjectKey
+from .inventory import Inventory
 from .kube import listwatch
 from .kube.claims import Claim, claims_for, owner_among
 from .kube.connection import KubeConnection
-from .kube.listwatch import ListWatch, Scope, WatchEvent
+from .kube.listwatch import ListWatch, ObjectKey, Scope, WatchEvent
 from .kube.namespaces import NamespaceLabels
 from .kube.resources import CallbackResources
 from .kube.secrets import CredentialsInvalid, CredentialsNotFound, SecretReader, SecretVersions
@@ -275,19 +275,21 @@ class Runtime:
         )
 
     async def _callback_changed(self, event: WatchEvent) -> None:
+        key = event.key
         if event.type == "DELETED":
-            self.forget_callback(*event.key)
-            self._wake_shown(event.key, gone=True)
+            self.forget_callback(*key)
+            self._wake_shown(key, gone=True)
             return
         try:
             self.sweep.track(event.object, self.inventory.callback_seen(event.object))
-            self.unfiled.discard(event.key)
+            self.unfiled.discard(key)
         except Exception as exc:  # its shape, not the watch: the others must still be filed
-            log.error("Could not file ThingSpaceCallback %s/%s (%s)", *event.key, _kind(exc))
-            self.inventory.callback_gone(*event.key)  # not as it was before either
-            self.sweep.forget(*event.key)
-            self.unfiled.add(event.key)
-        self._wake_shown(event.key)
+            # The failure's type only: its message could quote the object.
+            log.error("Could not file ThingSpaceCallback %s/%s (%s)", *key, type(exc).__name__)
+            self.inventory.callback_gone(*key)  # not as it was before either
+            self.sweep.forget(*key)
+            self.unfiled.add(key)
+        self._wake_shown(key)
 
     async def _complete_inventory(self, watches: Iterable[ListWatch]) -> None:
         for watch in watches:
@@ -376,11 +378,6 @@ class Trigger:
     @property
     def secrets_fresh_after(self) -> float | None:
         return self.not_before if self.secrets_read_after is None else self.secrets_read_after
-
-
-def _kind(exc: Exception) -> str:
-    """The type of a failure, never its message (which could quote the object)."""
-    return type(exc).__name__
 
 
 def _callbacks_path(namespace: Scope) -> str:

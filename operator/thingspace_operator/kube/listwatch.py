@@ -13,6 +13,7 @@ event through kopf's handler machinery costs several times as much).
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -40,8 +41,8 @@ class WatchEvent:
     initial: bool = False
     """Part of the first listing: what was already there when the watch started."""
 
-    @property
-    def key(self) -> ObjectKey:
+    @functools.cached_property
+    def key(self) -> ObjectKey:  # read several times per event: parsed once
         return _key(self.object)
 
     @property
