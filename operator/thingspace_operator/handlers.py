@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from .account_handlers import account_changed, report_accounts
 from .config import OperatorConfig
 from .drift import Tracked
 from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
+from .kube.login import Login
 from .kube.secretwatch import SecretEvent
 from .kube.status import (
     Condition,
@@ -51,12 +52,16 @@ SecretUsers = Mapping[tuple[str, str], Iterable[str]]  # (namespace, Secret) -> 
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
 
 
-def build_registry(config: OperatorConfig, login: Callable[..., Any]) -> kopf.OperatorRegistry:
-    """All handlers, bound to ``config``. ``login``: kopf's login handler, which finds the
-    cluster (kube/login.py: the one the operator's own requests use)."""
+def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistry:
+    """All handlers, bound to ``config``. ``login`` finds the cluster for kopf (kube/login.py:
+    the one the operator's own requests use)."""
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
-    kopf.on.login(registry=registry, id="login")(login)  # kopf names no callable object
+    watch_streams = max(len(config.namespaces), 1)  # kopf's, of ThingSpaceCallbacks
+
+    @kopf.on.login(registry=registry, id="login")
+    async def log_in(**_: Any) -> kopf.AiohttpSession:
+        return await login.kopf_session(watch_streams)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:

@@ -123,14 +123,17 @@ async def cancel(task: "asyncio.Task[object]") -> None:
 async def run_kopf(
     config: OperatorConfig, runtime: Runtime, login: Login, stop: asyncio.Event
 ) -> None:
-    await kopf.operator(
-        registry=build_registry(config, login),
-        memo=kopf.Memo(runtime=runtime, stop_flag=stop),
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces,
-        stop_flag=stop,
-    )
+    try:
+        await kopf.operator(
+            registry=build_registry(config, login),
+            memo=kopf.Memo(runtime=runtime, stop_flag=stop),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            stop_flag=stop,
+        )
+    finally:
+        await login.close()
 
 
 Env = Mapping[str, str]

@@ -58,6 +58,20 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     #: Requests served, by (HTTP method, resource plural), to prove what was never asked.
     resource_counts: Counter[tuple[str, str]] | None = None
 
+    #: The most connections kopf's client (User-Agent kopf/...) held open at once.
+    kopf_connections_peak: int = 0
+    _kopf_transports: set[Any] | None = None
+
+    async def __call__(self, raw_request: Any) -> Any:
+        transport = raw_request.transport
+        if transport is not None and raw_request.headers.get("User-Agent", "").startswith("kopf/"):
+            live = self._kopf_transports = self._kopf_transports or set()
+            live.add(transport)
+            if len(live) > self.kopf_connections_peak:  # pruned only then: cheap at scale
+                live.difference_update([t for t in live if t.is_closing()])
+                self.kopf_connections_peak = max(self.kopf_connections_peak, len(live))
+        return await super().__call__(raw_request)
+
     def _next_resource_version(self) -> str:
         self._last_resource_version += 1
         return str(self._last_resource_version)

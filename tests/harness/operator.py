@@ -48,3 +48,4 @@ async def running_operator(kube_url: str, config: OperatorConfig) -> AsyncIterat
         )
         stop.set()
         await asyncio.wait_for(reactor, 15)
+        await login.close()

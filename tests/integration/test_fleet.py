@@ -18,6 +18,7 @@ from tests.conftest import (
 )
 from tests.integration.test_metrics import scrape, value
 from tests.simctl import SimControl
+from thingspace_operator.kube import login
 from thingspace_operator.model import FINALIZER, RECONCILE_REQUESTED_ANNOTATION
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
@@ -320,3 +321,27 @@ async def test_converging_costs_three_kubernetes_writes_per_resource_and_the_tig
         ("list", 200): len(accounts),
         ("register", 200): len(pairs),
     }
+
+
+async def test_kopf_holds_no_more_connections_to_the_api_server_than_its_pool(
+    start_operator: OperatorFactory, cluster: Cluster, k8s, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf's own pool has no limit: a burst of new resources opened a connection to the
+    API server for each of its requests in flight."""
+    monkeypatch.setattr(login, "KOPF_REQUESTS_IN_FLIGHT", 2)
+    pairs = [
+        (a, s)
+        for a in ("0000000001-00001", "0000000002-00001")
+        for s in CALLBACK_SERVICE_NAMES[:15]
+    ]
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    await start_operator()
+    await asyncio.gather(
+        *(
+            cluster.create_callback(f"cb-{i}", accountName=a, serviceName=s, url=f"{URL}/{i}")
+            for i, (a, s) in enumerate(pairs)
+        )
+    )
+    names = [f"cb-{i}" for i in range(len(pairs))]
+    await eventually(lambda: all(ready(cluster, n) for n in names), timeout=30, what="Ready")
+    assert 0 < k8s.kopf_connections_peak <= 2 + 1  # plus its one watch stream

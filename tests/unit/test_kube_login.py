@@ -216,3 +216,22 @@ def test_the_run_command_imports_it_when_only_the_client_can_log_in(tmp_path: Pa
     imported = run_command_imports(kubeconfig, tmp_path)
     assert imported["kopf"]
     assert imported["kubernetes"] > 0
+
+
+async def test_kopf_logs_in_with_a_bounded_pool_and_the_same_credentials() -> None:
+    """kopf's own pool has no limit; a burst of new resources opened hundreds of
+    connections to the API server at once."""
+    info = kopf.ConnectionInfo(
+        server="https://k8s:6443", scheme="Bearer", token="t0ken", default_namespace="ops"
+    )
+    login = Login(login_module.KubeConnection(info))
+    context = await login.kopf_session(watch_streams=3)
+    session = context.aiohttp_session
+    try:
+        assert session.connector is not None
+        assert session.connector.limit == login_module.KOPF_REQUESTS_IN_FLIGHT + 3
+        assert session.headers["Authorization"] == "Bearer t0ken"
+        assert (context.server, context.default_namespace) == ("https://k8s:6443", "ops")
+    finally:
+        await login.close()  # kopf closes only the sessions it used
+    assert session.closed
