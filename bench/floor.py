@@ -80,8 +80,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} cores), `python -m bench.floor`: S1 converge with the operator, "
-        "and with a kopf operator of the same settings that only writes Ready and posts one "
-        "Event (`bench/floor_operator.py`: the same three writes and watch events per "
+        "and with a kopf operator of the same settings and connection pool that only writes "
+        "Ready and posts one Event (`bench/floor_operator.py`: the same three writes and "
+        "watch events per "
         f"resource, no ThingSpace call); median of {args.trials} alternating runs each.",
         "",
         "| N | operator CPU ms per resource | kopf floor CPU ms per resource | the operator's "

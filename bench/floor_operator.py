@@ -1,7 +1,7 @@
 """The least a kopf operator of this resource does (for bench/floor.py): the operator's kopf
-settings, a finalizer, and one handler that writes Ready and posts one Event. No
-ThingSpace call, no Secret, no drift view: three Kubernetes writes and three watch events
-per resource, as the operator makes, and nothing else.
+settings and connection pool, a finalizer, and one handler that writes Ready and posts one
+Event. No ThingSpace call, no Secret, no drift view: three Kubernetes writes and three watch
+events per resource, as the operator makes, and nothing else.
 
     python -m bench.floor_operator        # KUBECONFIG names the cluster
 """
@@ -15,6 +15,7 @@ import kopf
 from thingspace_operator.cli import block_kubernetes
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.handlers import configure_kopf
+from thingspace_operator.kube.login import KOPF_REQUESTS_IN_FLIGHT, bounded_session
 from thingspace_operator.kube.status import utc_timestamp
 from thingspace_operator.model import GROUP, PLURAL, VERSION
 
@@ -23,7 +24,12 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        """The operator's bounded pool (kube/login.py), one watch stream."""
+        info = kopf.login_with_kubeconfig(**kwargs)
+        return bounded_session(info, KOPF_REQUESTS_IN_FLIGHT + 1) if info else None
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
