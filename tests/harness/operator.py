@@ -47,5 +47,7 @@ async def running_operator(kube_url: str, config: OperatorConfig) -> AsyncIterat
             if getattr(task.get_coro(), "__qualname__", "").startswith("RequestHandler.")
         )
         stop.set()
-        await asyncio.wait_for(reactor, 15)
-        await login.close()
+        try:
+            await asyncio.wait_for(reactor, 15)
+        finally:
+            await login.close()

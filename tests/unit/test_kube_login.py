@@ -3,8 +3,11 @@ first, then the kubeconfig, through kopf's own logins; the client only for kubec
 kopf cannot log in (exec and auth-provider plugins). And ``thingspace-operator run`` never
 imports the ``kubernetes`` package unless it must."""
 
+import dataclasses
+import datetime
 import json
 import os
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -12,6 +15,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 import pytest
 import yaml
@@ -221,17 +225,50 @@ def test_the_run_command_imports_it_when_only_the_client_can_log_in(tmp_path: Pa
 async def test_kopf_logs_in_with_a_bounded_pool_and_the_same_credentials() -> None:
     """kopf's own pool has no limit; a burst of new resources opened hundreds of
     connections to the API server at once."""
+    expires = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
     info = kopf.ConnectionInfo(
-        server="https://k8s:6443", scheme="Bearer", token="t0ken", default_namespace="ops"
+        server="https://k8s:6443",
+        scheme="Bearer",
+        token="t0ken",
+        default_namespace="ops",
+        insecure=True,
+        trust_env=True,
+        priority=7,
+        expiration=expires,
     )
     login = Login(login_module.KubeConnection(info))
     context = await login.kopf_session(watch_streams=3)
     session = context.aiohttp_session
     try:
-        assert session.connector is not None
+        assert isinstance(session.connector, aiohttp.TCPConnector)
         assert session.connector.limit == login_module.KOPF_REQUESTS_IN_FLIGHT + 3
+        assert session.connector._ssl.verify_mode == ssl.CERT_NONE  # insecure, as asked
         assert session.headers["Authorization"] == "Bearer t0ken"
+        assert session.trust_env
         assert (context.server, context.default_namespace) == ("https://k8s:6443", "ops")
+        assert (context.priority, context.expiration) == (7, expires)
     finally:
         await login.close()  # kopf closes only the sessions it used
     assert session.closed
+
+
+async def test_a_login_with_unchanged_credentials_waits_longer_each_time() -> None:
+    """kopf refuses credentials equal to those it gave up after a 401, but a session never
+    equals another: without a wait, a revoked token would be tried again in a hot loop."""
+    info = kopf.ConnectionInfo(server="https://k8s", token="revoked")
+    login = Login(login_module.KubeConnection(info))
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    login._sleep = record
+    for _ in range(8):
+        await login.kopf_session(watch_streams=1)
+    assert waits == [1, 2, 4, 8, 16, 30, 30]
+    login.connection.update(dataclasses.replace(info, token="rotated"))
+    await login.kopf_session(watch_streams=1)
+    await login.close()  # and a new leadership term logs in afresh
+    await login.kopf_session(watch_streams=1)
+    await login.close()
+    assert len(waits) == 7  # neither new credentials nor a new term waited

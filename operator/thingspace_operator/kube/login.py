@@ -8,6 +8,7 @@ resident memory. A kubeconfig user that only the ``kubernetes`` client can run (
 kubeconfig) falls back to that client, imported only then.
 """
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -26,13 +27,18 @@ log = logging.getLogger(__name__)
 # What a kubeconfig user may hold that kopf's login ignores and only the client runs.
 CLIENT_ONLY_USER_FIELDS = ("exec", "auth-provider", "tokenFile")
 Env = Mapping[str, str]
-# kopf's own connection pool has no limit: converging 10,000 new resources it held about
-# 750 connections to the API server at once. kube-apiserver's flow control queues a
-# client's requests beyond its share of seats and answers 429 once the queues are full
-# (kopf logs an error and retries later). kopf gets a pool of this many requests in flight
-# instead, plus one connection per watch stream it keeps open. Measured: the same
-# convergence time and CPU at N=10,000 (docs/performance.md).
+# kopf's own connection pool has no limit: converging 10,000 new resources the process
+# held up to 747 descriptors open, most of them kopf's connections to the API server.
+# kopf gets a pool of this many connections plus one per watch stream it keeps open, in
+# total and shared (a reconnecting watch queues behind patches, then resumes from its
+# version). Measured: convergence time and CPU within the noise at N=10,000
+# (docs/performance.md).
 KOPF_REQUESTS_IN_FLIGHT = 100
+# kopf logs in again when the API server rejects its credentials (401) or a connection
+# breaks. kopf itself refuses credentials equal to those it gave up; a session is never
+# equal to another, so a login that finds the same credentials waits, doubling up to the
+# most: a revoked token costs a request every 30 s, not a hot loop.
+RELOGIN_WAIT_FIRST, RELOGIN_WAIT_MOST = 1.0, 30.0
 
 
 class Login:
@@ -49,6 +55,9 @@ class Login:
         self.connection = connection
         self._relogin = relogin
         self._kopf_sessions: list[aiohttp.ClientSession] = []
+        self._last_info: kopf.ConnectionInfo | None = None
+        self._same_logins = 0
+        self._sleep = asyncio.sleep
 
     def __call__(self, **_: Any) -> kopf.ConnectionInfo:
         found = self._relogin() if self._relogin is not None else None
@@ -59,17 +68,30 @@ class Login:
     async def kopf_session(self, watch_streams: int) -> kopf.AiohttpSession:
         """kopf's login: the credentials of ``self()``, in a session of a bounded pool.
         kopf closes it when it logs in again, if it has used it."""
-        context = bounded_session(self(), KOPF_REQUESTS_IN_FLIGHT + watch_streams)
+        info = await asyncio.to_thread(self)  # files, YAML, maybe an exec plugin
+        await self._wait_if_unchanged(info)
+        context = bounded_session(info, KOPF_REQUESTS_IN_FLIGHT + watch_streams)
         self._kopf_sessions = [s for s in self._kopf_sessions if not s.closed]
         self._kopf_sessions.append(context.aiohttp_session)
         return context
 
     async def close(self) -> None:
         """Close what kopf left open: a session it never used (it closes only those it
-        used), say when the operator stops right after logging in."""
+        used), say when the operator stops right after logging in. The next run of kopf
+        (a new leadership term) logs in afresh, without waiting."""
         for session in self._kopf_sessions:
             await session.close()
         self._kopf_sessions.clear()
+        self._last_info, self._same_logins = None, 0
+
+    async def _wait_if_unchanged(self, info: kopf.ConnectionInfo) -> None:
+        if info != self._last_info:
+            self._last_info, self._same_logins = info, 0
+            return
+        wait = min(RELOGIN_WAIT_FIRST * 2**self._same_logins, RELOGIN_WAIT_MOST)
+        self._same_logins += 1
+        log.info("kopf logs in again with unchanged credentials: in %.0f s", wait)
+        await self._sleep(wait)
 
 
 def bounded_session(info: kopf.ConnectionInfo, connections: int) -> kopf.AiohttpSession:
