@@ -15,7 +15,7 @@ import kopf
 from thingspace_operator.cli import block_kubernetes
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.handlers import configure_kopf
-from thingspace_operator.kube.login import KOPF_REQUESTS_IN_FLIGHT, bounded_session
+from thingspace_operator.kube.login import KOPF_CONNECTIONS, bounded_session
 from thingspace_operator.kube.status import utc_timestamp
 from thingspace_operator.model import GROUP, PLURAL, VERSION
 
@@ -29,7 +29,7 @@ def build_registry() -> kopf.OperatorRegistry:
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
         """The operator's bounded pool (kube/login.py), one watch stream."""
         info = kopf.login_with_kubeconfig(**kwargs)
-        return bounded_session(info, KOPF_REQUESTS_IN_FLIGHT + 1) if info else None
+        return bounded_session(info, KOPF_CONNECTIONS + 1) if info else None
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

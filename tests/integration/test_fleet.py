@@ -328,7 +328,7 @@ async def test_kopf_holds_no_more_connections_to_the_api_server_than_its_pool(
 ) -> None:
     """kopf's own pool has no limit: a burst of new resources opened a connection to the
     API server for each of its requests in flight."""
-    monkeypatch.setattr(login, "KOPF_REQUESTS_IN_FLIGHT", 2)
+    monkeypatch.setattr(login, "KOPF_CONNECTIONS", 2)
     pairs = [
         (a, s)
         for a in ("0000000001-00001", "0000000002-00001")

@@ -241,7 +241,7 @@ async def test_kopf_logs_in_with_a_bounded_pool_and_the_same_credentials() -> No
     session = context.aiohttp_session
     try:
         assert isinstance(session.connector, aiohttp.TCPConnector)
-        assert session.connector.limit == login_module.KOPF_REQUESTS_IN_FLIGHT + 3
+        assert session.connector.limit == login_module.KOPF_CONNECTIONS + 3
         assert session.connector._ssl.verify_mode == ssl.CERT_NONE  # insecure, as asked
         assert session.headers["Authorization"] == "Bearer t0ken"
         assert session.trust_env
@@ -270,5 +270,8 @@ async def test_a_login_with_unchanged_credentials_waits_longer_each_time() -> No
     await login.kopf_session(watch_streams=1)
     await login.close()  # and a new leadership term logs in afresh
     await login.kopf_session(watch_streams=1)
-    await login.close()
     assert len(waits) == 7  # neither new credentials nor a new term waited
+    login._same_logins = 10_000  # a token revoked for days: still 30 s, no overflow
+    await login.kopf_session(watch_streams=1)
+    await login.close()
+    assert waits[7:] == [30]

@@ -33,7 +33,7 @@ Env = Mapping[str, str]
 # total and shared (a reconnecting watch queues behind patches, then resumes from its
 # version). Measured: convergence time and CPU within the noise at N=10,000
 # (docs/performance.md).
-KOPF_REQUESTS_IN_FLIGHT = 100
+KOPF_CONNECTIONS = 100
 # kopf logs in again when the API server rejects its credentials (401) or a connection
 # breaks. kopf itself refuses credentials equal to those it gave up; a session is never
 # equal to another, so a login that finds the same credentials waits, doubling up to the
@@ -70,7 +70,7 @@ class Login:
         kopf closes it when it logs in again, if it has used it."""
         info = await asyncio.to_thread(self)  # files, YAML, maybe an exec plugin
         await self._wait_if_unchanged(info)
-        context = bounded_session(info, KOPF_REQUESTS_IN_FLIGHT + watch_streams)
+        context = bounded_session(info, KOPF_CONNECTIONS + watch_streams)
         self._kopf_sessions = [s for s in self._kopf_sessions if not s.closed]
         self._kopf_sessions.append(context.aiohttp_session)
         return context
@@ -88,7 +88,7 @@ class Login:
         if info != self._last_info:
             self._last_info, self._same_logins = info, 0
             return
-        wait = min(RELOGIN_WAIT_FIRST * 2**self._same_logins, RELOGIN_WAIT_MOST)
+        wait = min(RELOGIN_WAIT_FIRST * 2 ** min(self._same_logins, 16), RELOGIN_WAIT_MOST)
         self._same_logins += 1
         log.info("kopf logs in again with unchanged credentials: in %.0f s", wait)
         await self._sleep(wait)
