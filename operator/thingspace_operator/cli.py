@@ -8,14 +8,29 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .config import OperatorConfig
 from .gitops.commands import Parser, add_commands, dispatch
 
 
 def operator_main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        return dispatch(args)
+    block_kubernetes()
+    try:
+        config = run_config(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    run_operator(config)
+    return 0
+
+
+def build_parser() -> Parser:
     parser = Parser(
         prog="thingspace-operator",
         description="Keep Verizon ThingSpace callback registrations equal to "
@@ -78,29 +93,27 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--log-format", choices=["text", "json"], help="log line format [THINGSPACE_LOG_FORMAT]"
     )
-    args = parser.parse_args(argv)
-    if args.command != "run":
-        return dispatch(args)
-    block_kubernetes()
-    try:
-        config = OperatorConfig.from_env(
-            api_url=args.api_url,
-            resync_seconds=args.resync_seconds,
-            secret_watch=args.secret_watch,
-            namespaced_secrets=args.namespaced_secrets,
-            leader_elect=args.leader_elect,
-            leader_election_namespace=args.leader_election_namespace,
-            leader_election_id=args.leader_election_id,
-            health_port=args.health_port,
-            metrics_port=args.metrics_port,
-            log_level=args.log_level,
-            log_format=args.log_format,
-            namespaces=tuple(args.namespaces) or None,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    run_operator(config)
-    return 0
+    return parser
+
+
+def run_config(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> OperatorConfig:
+    """The environment's settings, with the flags of ``run`` over them."""
+    return OperatorConfig.from_env(
+        env,
+        api_url=args.api_url,
+        resync_seconds=args.resync_seconds,
+        secret_watch=args.secret_watch,
+        namespaced_secrets=args.namespaced_secrets,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_id=args.leader_election_id,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        # --all-namespaces overrides THINGSPACE_NAMESPACES; no flag leaves it in charge.
+        namespaces=() if args.all_namespaces else tuple(args.namespaces) or None,
+    )
 
 
 def block_kubernetes() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
+from thingspace_operator.cli import build_parser, run_config
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.kube.connection import KubeApiError
 from thingspace_operator.kube.secrets import (
@@ -27,6 +28,7 @@ from thingspace_operator.thingspace.errors import (
     Unavailable,
 )
 from thingspace_operator.thingspace.http import (
+    MAX_MESSAGE_LENGTH,
     BearerRejected,
     SessionRejected,
     classify_failure,
@@ -92,6 +94,19 @@ def test_error_messages_are_scrubbed() -> None:
     assert "hunter2" not in str(error)
     assert isinstance(error, RequestRejected)
     assert error.error_code == "X.INPUT_INVALID.Password"
+
+
+@pytest.mark.parametrize("endpoint", ["login", "register"])
+@pytest.mark.parametrize("cut", [3, 5, 8])
+def test_a_secret_across_the_message_length_limit_is_not_leaked_in_part(
+    endpoint: str, cut: int
+) -> None:
+    """A plain-text answer is cut to the message limit: scrubbing after the cut would miss
+    a secret that straddles it, and leave its first characters in the message."""
+    secret = "Zq9-hunter2-pa55"
+    text = "x" * (MAX_MESSAGE_LENGTH - cut) + secret + " echoed back"
+    error = classify_failure(endpoint, 400, None, text, None, (secret,))
+    assert secret[:cut] not in str(error)
 
 
 @pytest.mark.parametrize(
@@ -177,6 +192,23 @@ def test_settings_from_environment_and_flags() -> None:
         ("a", "b"),
         "http://sim:8088",
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "namespaces"),
+    [
+        ([], ("iot", "billing")),
+        (["--all-namespaces"], ()),
+        (["-A"], ()),
+        (["--namespace", "edge", "-n", "lab"], ("edge", "lab")),
+    ],
+)
+def test_namespace_flags_override_the_environment(
+    flags: list[str], namespaces: tuple[str, ...]
+) -> None:
+    args = build_parser().parse_args(["run", *flags])
+    config = run_config(args, {"THINGSPACE_NAMESPACES": "iot,billing"})
+    assert config.namespaces == namespaces
 
 
 @pytest.mark.parametrize(

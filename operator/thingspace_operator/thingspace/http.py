@@ -267,7 +267,7 @@ def classify_failure(
     if endpoint == "login" and status in (400, 401, 403):
         return AuthenticationFailed("login", f"ThingSpace rejected the UWS login: {detail}")
     if error_code:
-        message = scrub(str(body.get("errorMessage", "")), secrets)[:MAX_MESSAGE_LENGTH]
+        message = scrub(str(body.get("errorMessage", "")), secrets)
         return RequestRejected(error_code, message, status)
     return RequestRejected(f"HTTP{status}", detail, status)
 
@@ -281,11 +281,13 @@ def _describe(body: Any, text: str) -> str:
             return f"{body['errorCode']}: {body.get('errorMessage', '')}"
         if "error" in body:
             return f"{body['error']}: {body.get('error_description', '')}"
-    return text.strip()[:MAX_MESSAGE_LENGTH] or "no details"
+    return text.strip() or "no details"
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every known secret value in ``text``; ThingSpace may echo input back."""
+    """Replace every known secret value in ``text``, then cut it to the message limit;
+    ThingSpace may echo input back. Cut first, a secret across the limit would survive
+    in part."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
