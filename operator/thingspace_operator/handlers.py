@@ -152,7 +152,12 @@ def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistr
         ownership, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
-            _namespaced(namespace), spec, owned - {""}, runtime, ownership
+            _namespaced(namespace),
+            spec,
+            owned - {""},
+            runtime,
+            ownership,
+            status.get("accountName"),
         )
         if not outcome.succeeded:
             report(outcome, status, meta, patch, body, deleting=True)

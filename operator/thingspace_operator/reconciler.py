@@ -553,8 +553,10 @@ async def release(
     owned_urls: set[str],
     runtime: Runtime,
     ownership: Ownership = Ownership.SOLE,
+    recorded_account: str | None = None,
 ) -> Outcome:
-    """Deregister on delete, but only what this resource owns. ``synced`` True: done."""
+    """Deregister on delete, but only what this resource owns. ``synced`` True: done.
+    ``recorded_account``: the account its status says it registered in."""
     try:
         spec = CallbackSpec.parse(spec_body)
         try:
@@ -576,6 +578,16 @@ async def release(
                 spec = await resolve_account(namespace, spec, runtime)
             except (AccountNotFound, AccountNotAllowed) as exc:
                 return _let_go(exc)  # a namespace's deletion must not hang on an account
+            if recorded_account and recorded_account != spec.account_name:
+                # Its ThingSpaceAccount now names another billing account: what is
+                # registered there was never this resource's, and its own is out of reach.
+                return _let_go(
+                    InvalidSpec(
+                        f"it registered in account {recorded_account}, but its accountRef now "
+                        f"names account {spec.account_name}; the registration in "
+                        f"{recorded_account} stays (deregister it there)"
+                    )
+                )
         view = await _view_for(namespace, spec, runtime)
         async with runtime.lock_for(spec.account_name, spec.service_name):
             live = (await view.observe(view.now())).get(spec.service_name)

@@ -16,6 +16,7 @@ from tests.e2e.cluster import (
     apply,
     callback_manifest,
     condition,
+    events,
     eventually,
     remove_test_objects,
     secret_manifest,
@@ -153,11 +154,20 @@ def test_moving_a_callback_to_an_account_writes_nothing_to_thingspace(setup: Set
     )
     assert "cannot change" in condition(plane, team, "qos-moving", "Synced")["message"]
     assert sim.writes() == writes
-    plane.kubectl(
-        "-n", team, "patch", "tscb", "qos-moving", "--type=merge",
-        "-p", '{"spec":{"deletionPolicy":"Orphan"}}',
-    )  # fmt: skip
+
+    # Deleted as the message advises, with deletionPolicy Delete: the registration in the
+    # account it now names was never its own, even at the same URL, and its own
+    # registration is out of its reach. Both stay, and an Event says so.
+    other = "0000991199-00001"
+    sim.request("PUT", f"registrations/{other}/QoS", {"url": moved["spec"]["url"]})
+    writes = sim.writes()
     plane.kubectl("-n", team, "delete", "tscb", "qos-moving", "--timeout=60s")
+    assert "QoS" in sim.live(other), "a registration in another account was deregistered"
+    assert "QoS" in sim.live(account_name)
+    assert sim.writes() == writes
+    eventually(
+        lambda: "DeregistrationSkipped" in events(plane, team, "qos-moving"), 10, "the Event"
+    )
     plane.kubectl("delete", "tsa", account)
 
 
