@@ -214,6 +214,24 @@ async def test_faults_are_survived_with_bounded_calls(
     assert await ctl.calls("list") <= bound + injected
 
 
+async def test_an_outage_costs_one_list_per_account_and_drift_period(
+    start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
+) -> None:
+    """Every check of the account in a period shares the period's failed list, and the
+    reconcile each failing check asks for reuses it: not one list per resource."""
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    # Handler retries far off: only the drift checks (every 0.5 s) call ThingSpace.
+    await start_operator(resync_seconds=0.5, retry_base_seconds=60, retry_max_seconds=60)
+    names = await create_many(cluster, 10)  # one account, ten services
+    await eventually(lambda: all(ready(cluster, n) for n in names), timeout=10)
+    await ctl.fault("list", "status", status=503, count=None)
+    await eventually(lambda: all(reason(cluster, n) == "Unavailable" for n in names), timeout=10)
+    lists = await ctl.calls("list")
+    await quiet_period(2.0)  # four drift periods
+    assert await ctl.calls("list") - lists <= 4 + 1
+    assert await ctl.calls("register") == len(names)
+
+
 async def test_forced_session_expiry_and_token_revocation_mid_run(
     start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
 ) -> None:

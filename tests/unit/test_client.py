@@ -195,6 +195,38 @@ async def test_account_view_verifies_a_burst_of_writes_with_one_list(
     assert await ctl.calls("list") <= 2
 
 
+async def test_a_failed_list_answers_every_caller_it_is_fresh_enough_for(
+    ctl: SimControl, http: ThingSpaceHTTP
+) -> None:
+    """An outage costs one list per account and period, not one per resource checked."""
+    view = AccountView(client(http), ACCOUNT, max_concurrent_calls=4)
+    await ctl.fault("list", "status", status=503, count=1)
+    period_start = view.now()
+    for _ in range(10):
+        with pytest.raises(Unavailable):
+            await view.observe(period_start)
+    assert await ctl.calls("list") == 1
+    assert await view.observe(view.now()) == {}  # wants a newer list: asks again
+    assert await ctl.calls("list") == 2
+
+
+async def test_a_429_holds_every_caller_of_the_account_off_for_its_retry_after(
+    ctl: SimControl, http: ThingSpaceHTTP
+) -> None:
+    now = [1000.0]
+    view = AccountView(client(http), ACCOUNT, max_concurrent_calls=4, clock=lambda: now[0])
+    await ctl.fault("list", "rate_limit", retry_after=7, count=1)
+    with pytest.raises(RateLimited):
+        await view.observe(now[0])
+    now[0] += 6.5
+    with pytest.raises(RateLimited):
+        await view.observe(now[0])  # newer than the failure, but within its Retry-After
+    assert await ctl.calls("list") == 1
+    now[0] += 1.0
+    assert await view.observe(now[0]) == {}
+    assert await ctl.calls("list") == 2
+
+
 async def test_token_is_refreshed_before_it_expires(ctl: SimControl, http: ThingSpaceHTTP) -> None:
     now = [0.0]
     ts = ThingSpaceClient(http, GOOD, clock=lambda: now[0])

@@ -7,6 +7,9 @@ Every resource of an account (under one credential set) reads ThingSpace through
   or after that moment); a cached list that is fresh enough is reused;
 - concurrent callers join the fetch already in flight when it is fresh enough for them
   (single flight);
+- a failed fetch answers, like a list, every caller it is fresh enough for, and a 429's
+  Retry-After holds every caller off: an outage costs one list per account, not one per
+  resource;
 - a fetch waits until the account's writes in flight have finished, so one list after a
   burst of registrations verifies all of them;
 - writes go through the view and update the cached list;
@@ -21,17 +24,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .client import ThingSpaceClient
+from .errors import RateLimited
 from .models import AppCredentials, Callback
 from .ratelimit import RateLimiter
 
 LiveCallbacks = dict[str, Callback]
 WRITE_SETTLE_SECONDS = 0.5
+MAX_HOLD_OFF_SECONDS = 300.0
+"""Longest Retry-After honoured for the whole account: a drift period by default."""
 
 
 @dataclass(frozen=True)
 class Observation:
     started_at: float
     callbacks: LiveCallbacks
+
+
+@dataclass(frozen=True)
+class FailedList:
+    started_at: float
+    error: Exception
+    hold_off_until: float  # no list before this (a 429's Retry-After)
+
+    def answers(self, not_before: float, now: float) -> bool:
+        return self.started_at >= not_before or now < self.hold_off_until
 
 
 class AccountView:
@@ -50,6 +66,7 @@ class AccountView:
         self._calls = asyncio.Semaphore(max_concurrent_calls)
         self._budget = RateLimiter(calls_per_second, clock=clock)
         self._cached: Observation | None = None
+        self._failed: FailedList | None = None
         self._inflight: tuple[float, asyncio.Task[Observation | Exception]] | None = None
         self._writes_in_flight = 0
         self._writes_done = asyncio.Condition()
@@ -67,6 +84,9 @@ class AccountView:
         while True:
             if self._cached is not None and self._cached.started_at >= not_before:
                 return self._cached.callbacks
+            if self._failed is not None and self._failed.answers(not_before, self._clock()):
+                # A fresh traceback each time: re-raising one object would grow its own.
+                raise self._failed.error.with_traceback(None)
             if self._inflight is None:
                 self._inflight = (self._clock(), asyncio.create_task(self._fetch()))
             started_at, task = self._inflight
@@ -94,6 +114,7 @@ class AccountView:
         It runs as its own task, so a failure is returned, never raised: an exception
         nobody retrieved would otherwise surface when the operator shuts down.
         """
+        started_at = self._clock()
         try:
             await self._writes_settled()
             await self._budget.acquire()
@@ -101,9 +122,12 @@ class AccountView:
             async with self._calls:
                 listed = await self.client.list_callbacks(self.account)
         except Exception as exc:
+            self._failed = FailedList(started_at, exc, started_at + _hold_off(exc))
             return exc
         finally:
             self._inflight = None
+        if self._failed is not None and self._failed.started_at <= started_at:
+            self._failed = None
         observation = Observation(started_at, {cb.service_name: cb for cb in listed})
         if self._cached is None or self._cached.started_at <= started_at:
             self._cached = observation
@@ -139,6 +163,12 @@ class AccountView:
 
     def _writing(self) -> "_WriteGuard":
         return _WriteGuard(self)
+
+
+def _hold_off(error: Exception) -> float:
+    if isinstance(error, RateLimited) and error.retry_after:
+        return min(error.retry_after, MAX_HOLD_OFF_SECONDS)
+    return 0.0
 
 
 def _unwrap(result: "Observation | Exception") -> Observation:
