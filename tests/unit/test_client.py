@@ -7,9 +7,9 @@ import aiohttp
 import pytest
 
 from tests.simctl import SimControl
-from thingspace_operator.simulator import SimulatorServer
+from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
 from thingspace_operator.thingspace.accounts import AccountView
-from thingspace_operator.thingspace.client import ThingSpaceClient
+from thingspace_operator.thingspace.client import ClientPool, ThingSpaceClient
 from thingspace_operator.thingspace.errors import (
     AuthenticationFailed,
     RateLimited,
@@ -161,6 +161,32 @@ async def test_connection_refused_is_unavailable() -> None:
         dead = ThingSpaceHTTP("http://127.0.0.1:9", session, timeout_seconds=0.5)
         with pytest.raises(Unavailable):
             await client(dead).list_callbacks(ACCOUNT)
+
+
+async def test_rejected_values_are_never_tried_again_by_another_credential_set() -> None:
+    """Teams with their own app keys but one UWS user: a wrong password is one failed
+    login, not one per app key (five lock the user). A wrong app secret is asked once."""
+    apps = {f"app-{team}": f"secret-{team}" for team in "abcde"}
+    config = SimulatorConfig(apps=apps, users={"shared-user": "right", "other": "right"})
+    async with SimulatorServer(config) as sim:
+        ctl, pool = SimControl(sim.url), ClientPool(sim.url, timeout_seconds=2.0)
+        try:
+            for team in "abcde":
+                wrong = AppCredentials(f"app-{team}", f"secret-{team}", "shared-user", "wrong")
+                with pytest.raises(AuthenticationFailed):
+                    await pool.client_for(wrong).list_callbacks(ACCOUNT)
+            assert (await ctl.request("GET", "logins"))["failed"] == {"shared-user": 1}
+            assert await ctl.calls("login") == 1
+            fixed = AppCredentials("app-a", "secret-a", "shared-user", "right")
+            assert await pool.client_for(fixed).list_callbacks(ACCOUNT) == []
+
+            for user in ("shared-user", "other"):
+                bad_app = AppCredentials("app-a", "not-its-secret", user, "right")
+                with pytest.raises(AuthenticationFailed):
+                    await pool.client_for(bad_app).list_callbacks(ACCOUNT)
+            assert (await ctl.counts()).get(("token", 401), 0) == 1
+        finally:
+            await pool.close()
 
 
 # --- the shared per-account view ---------------------------------------------------------

@@ -5,12 +5,15 @@ and one session per credential set however many resources share it. Concurrent c
 wait on a single login instead of starting their own.
 
 Lockout safety: ThingSpace locks a UWS user after five failed logins. Once a login (or
-the app key/secret) is rejected, this client remembers the failure and raises it again
-without calling ThingSpace, for as long as it lives. New credential values get a new
-client (see ``ClientPool``), so fixing the Secret is what clears the failure.
+the app key/secret) is rejected, the pool remembers the rejected values and every client
+raises that failure again without calling ThingSpace, for as long as the pool lives: a
+UWS user and password shared by credential sets with different app keys make one failed
+login, not one per set. New values are what allow the next attempt, so fixing the Secret
+is what clears the failure.
 """
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +39,26 @@ log = logging.getLogger(__name__)
 TOKEN_REFRESH_MARGIN_SECONDS = 120.0
 
 
+class RejectedValues:
+    """App keys and UWS logins ThingSpace rejected, by a digest of their values."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, AuthenticationFailed] = {}
+
+    def check(self, *values: str) -> None:
+        """Raise the failure these values met before, if any."""
+        failure = self._failures.get(_digest(values))
+        if failure is not None:
+            raise failure.with_traceback(None)
+
+    def record(self, failure: AuthenticationFailed, *values: str) -> None:
+        self._failures[_digest(values)] = failure
+
+
+def _digest(values: tuple[str, ...]) -> str:
+    return hashlib.sha256("\0".join(values).encode()).hexdigest()
+
+
 class ThingSpaceClient:
     """list / register / deregister for one credential set, with tokens handled inside."""
 
@@ -44,10 +67,12 @@ class ThingSpaceClient:
         http: ThingSpaceHTTP,
         credentials: AppCredentials,
         clock: Callable[[], float] = time.monotonic,
+        rejected: RejectedValues | None = None,
     ) -> None:
         self._http = http
         self.credentials = credentials
         self._clock = clock
+        self._rejected = rejected or RejectedValues()
         self._auth_lock = asyncio.Lock()
         self._token: OAuthToken | None = None
         self._token_expires_at = 0.0
@@ -110,9 +135,11 @@ class ThingSpaceClient:
             creds = self.credentials
             requested_at = self._clock()
             try:
+                self._rejected.check("oauth", creds.app_key, creds.app_secret)
                 token = await self._http.fetch_token(creds.app_key, creds.app_secret)
             except AuthenticationFailed as exc:
                 self.auth_failure = exc
+                self._rejected.record(exc, "oauth", creds.app_key, creds.app_secret)
                 raise
             self._token, self._token_expires_at = token, requested_at + token.expires_in
         return token
@@ -132,9 +159,11 @@ class ThingSpaceClient:
     async def _login_once(self, token: OAuthToken) -> str:
         creds = self.credentials
         try:
+            self._rejected.check("login", creds.username, creds.password)
             return await self._http.login(token.access_token, creds.username, creds.password)
         except AuthenticationFailed as exc:
             self.auth_failure = exc
+            self._rejected.record(exc, "login", creds.username, creds.password)
             raise
 
     def _forget_session(self, used: SessionHeaders) -> None:
@@ -159,11 +188,12 @@ class ClientPool:
         self._observer = observer
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[AppCredentials, ThingSpaceClient] = {}
+        self._rejected = RejectedValues()
 
     def client_for(self, credentials: AppCredentials) -> ThingSpaceClient:
         client = self._clients.get(credentials)
         if client is None:
-            client = ThingSpaceClient(self._http(), credentials)
+            client = ThingSpaceClient(self._http(), credentials, rejected=self._rejected)
             self._clients[credentials] = client
         return client
 
