@@ -149,14 +149,14 @@ def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistr
         except TimeoutError:
             message = "Waiting for the operator's watch of ThingSpaceCallbacks to show the deletion"
             raise kopf.TemporaryError(message, delay=backoff(retry, runtime.config)) from None
-        ownership, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
+        _, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
             _namespaced(namespace),
             spec,
             owned - {""},
             runtime,
-            ownership,
+            lambda: _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)[0],
             status.get("accountName"),
         )
         if not outcome.succeeded:

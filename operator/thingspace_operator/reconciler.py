@@ -11,7 +11,7 @@ import enum
 import functools
 import logging
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -552,10 +552,12 @@ async def release(
     spec_body: Mapping[str, Any],
     owned_urls: set[str],
     runtime: Runtime,
-    ownership: Ownership = Ownership.SOLE,
+    ownership: Callable[[], Ownership] = lambda: Ownership.SOLE,
     recorded_account: str | None = None,
 ) -> Outcome:
     """Deregister on delete, but only what this resource owns. ``synced`` True: done.
+    ``ownership`` is asked again under the registration's lock: a resource that declared
+    the same registration meanwhile may have found it in sync and taken it over.
     ``recorded_account``: the account its status says it registered in."""
     try:
         spec = CallbackSpec.parse(spec_body)
@@ -569,7 +571,7 @@ async def release(
             spec.suspend,
             owned_urls,
             None,
-            ownership,
+            ownership(),
         )
         if decided.reason is not DeleteReason.ALREADY_GONE:  # no need to look at ThingSpace
             return _released(spec, decided.reason)
@@ -592,7 +594,12 @@ async def release(
         async with runtime.lock_for(spec.account_name, spec.service_name):
             live = (await view.observe(view.now())).get(spec.service_name)
             plan = plan_delete(
-                spec.deletion_policy, spec.management_policy, spec.suspend, owned_urls, live
+                spec.deletion_policy,
+                spec.management_policy,
+                spec.suspend,
+                owned_urls,
+                live,
+                ownership(),
             )
             if plan.action is Action.DEREGISTER:
                 await deregister(view, spec.service_name)

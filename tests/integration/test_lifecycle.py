@@ -262,3 +262,32 @@ async def test_a_deletion_waits_until_the_operators_own_watch_shows_it(
     flowing.set()
     await eventually(lambda: cluster.callback("qos-events") is None, what="finalizer released")
     assert live(sim) is None
+
+
+async def test_a_deletion_leaves_the_registration_to_a_newcomer_that_took_it_meanwhile(
+    start_operator: OperatorFactory, cluster: Cluster, sim
+) -> None:
+    """Ownership is asked again under the registration's lock: a resource created while an
+    older one was being deleted, declaring the same registration at the same URL, owns it
+    once it is known (it found it in sync and reports Ready); the deletion must not take
+    it away from under it."""
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    runtime = await start_operator()
+    await cluster.create_callback("qos-leaving")
+    await eventually(lambda: ready(cluster, "qos-leaving"))
+
+    async with runtime.lock_for(ACCOUNT, "QoS"):  # the deletion decides, then waits here
+        await cluster.delete_callback("qos-leaving")
+        lock = runtime.locks[(ACCOUNT, "QoS")]
+        await eventually(lambda: bool(lock._waiters), what="the deletion waiting for the lock")
+        await cluster.create_callback("qos-arriving")
+        claims = runtime.inventory.claims
+        await eventually(
+            lambda: any(c.name == "qos-arriving" for c in claims.get((ACCOUNT, "QoS"), ())),
+            what="the newcomer known",
+        )
+    await eventually(lambda: cluster.callback("qos-leaving") is None, what="deletion done")
+    await eventually(lambda: ready(cluster, "qos-arriving"))
+    assert live(sim).url == URL
+    counts = sim.state.request_counts
+    assert sum(n for (endpoint, _, _), n in counts.items() if endpoint == "deregister") == 0
