@@ -13,7 +13,7 @@ from thingspace_operator import account_handlers
 from thingspace_operator.account_handlers import account_changed
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.inventory import Index, Inventory
-from thingspace_operator.kube.claims import Claim
+from thingspace_operator.kube.claims import Claim, claims_for, rival_owner
 from thingspace_operator.kube.connection import KubeConnection
 from thingspace_operator.kube.listwatch import WatchEvent
 from thingspace_operator.reconciler import Runtime
@@ -88,6 +88,27 @@ def test_a_callback_files_its_claim_secrets_and_account() -> None:
     assert ("team-a", "listener") not in inventory.secret_users
     inventory.callback_gone("team-a", "qos")
     assert len(inventory.claims) == 0
+
+
+def test_a_callback_by_reference_also_claims_the_account_it_registered_in() -> None:
+    """Its ThingSpaceAccount gone (deleted, invalid, or re-created for another billing
+    account), an older callback by reference still owns the registration it made: a
+    younger one naming that account inline stays in Conflict instead of taking it."""
+    inventory = Inventory()
+    older = callback("qos-by-ref", accountRef={"name": "fleet"})
+    older["status"] = {"accountName": ACCOUNT}
+    inventory.callback_seen(older)
+    younger = callback("qos-inline", "team-b", accountName=ACCOUNT)
+    younger["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z"
+    inventory.callback_seen(younger)
+    me = Claim("2026-11-02T00:00:00Z", "team-b", "qos-inline")
+    for resolved in ({}, {"fleet": ACCOUNT}, {"fleet": "0000991199-00001"}):
+        everyone = claims_for(inventory.claims, resolved, (ACCOUNT, "QoS"))
+        owner = rival_owner(everyone, me)
+        assert owner is not None, resolved
+        assert owner.name == "qos-by-ref"
+    inventory.callback_gone("team-a", "qos-by-ref")
+    assert rival_owner(claims_for(inventory.claims, {}, (ACCOUNT, "QoS")), me) is None
 
 
 def test_an_invalid_account_is_not_filed() -> None:
