@@ -1,6 +1,7 @@
 """The ThingSpace client against the simulator over real HTTP: shapes, tokens, every error."""
 
 import asyncio
+import traceback
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -187,6 +188,38 @@ async def test_rejected_values_are_never_tried_again_by_another_credential_set()
             assert (await ctl.counts()).get(("token", 401), 0) == 1
         finally:
             await pool.close()
+
+
+async def test_a_login_the_gateway_refused_blocks_no_other_credential_set() -> None:
+    """A WSO2 fault on the login (an app not subscribed, say) judged the app, not the UWS
+    user: another app key with the same user and password still logs in."""
+    config = SimulatorConfig(apps={"app-a": "secret-a", "app-b": "secret-b"})
+    async with SimulatorServer(config) as sim:
+        ctl, pool = SimControl(sim.url), ClientPool(sim.url, timeout_seconds=2.0)
+        try:
+            await ctl.fault("login", "status", status=403, count=1)
+            refused = AppCredentials("app-a", "secret-a", "demo-user", "demo-password")
+            with pytest.raises(AuthenticationFailed):
+                await pool.client_for(refused).list_callbacks(ACCOUNT)
+            other = AppCredentials("app-b", "secret-b", "demo-user", "demo-password")
+            assert await pool.client_for(other).list_callbacks(ACCOUNT) == []
+            with pytest.raises(AuthenticationFailed):  # the refused set is not asked again
+                await pool.client_for(refused).list_callbacks(ACCOUNT)
+            assert await ctl.calls("login") == 2
+        finally:
+            await pool.close()
+
+
+async def test_a_remembered_rejection_does_not_grow_with_each_call(http: ThingSpaceHTTP) -> None:
+    """Raised again for every check of every resource, period after period: one object
+    re-raised as it is would carry every earlier raise in its traceback."""
+    ts = client(http, AppCredentials("demo-app-key", "demo-app-secret", "demo-user", "wrong"))
+    depths = []
+    for _ in range(50):
+        with pytest.raises(AuthenticationFailed) as caught:
+            await ts.list_callbacks(ACCOUNT)
+        depths.append(len(traceback.extract_tb(caught.value.__traceback__)))
+    assert depths[-1] == depths[1]
 
 
 # --- the shared per-account view ---------------------------------------------------------

@@ -123,7 +123,8 @@ class ThingSpaceClient:
     async def _authorize(self) -> SessionHeaders:
         async with self._auth_lock:
             if self.auth_failure is not None:
-                raise self.auth_failure
+                # A fresh traceback each time: re-raising one object would grow its own.
+                raise self.auth_failure.with_traceback(None)
             token = await self._valid_token()
             if self._session_token is None:
                 self._session_token = await self._login(token)
@@ -163,7 +164,8 @@ class ThingSpaceClient:
             return await self._http.login(token.access_token, creds.username, creds.password)
         except AuthenticationFailed as exc:
             self.auth_failure = exc
-            self._rejected.record(exc, "login", creds.username, creds.password)
+            if not exc.by_gateway:  # the gateway judged the app, not the UWS user
+                self._rejected.record(exc, "login", creds.username, creds.password)
             raise
 
     def _forget_session(self, used: SessionHeaders) -> None:

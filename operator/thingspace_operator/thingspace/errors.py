@@ -23,11 +23,14 @@ class AuthenticationFailed(ThingSpaceError):
 
     ``stage`` is ``"oauth"`` or ``"login"``. Retrying with the same credentials cannot
     succeed and, for logins, counts towards ThingSpace's five-strikes account lock.
+    ``by_gateway``: the API gateway refused the call (a WSO2 fault, e.g. an app not
+    subscribed), so the UWS user and password were not what was judged.
     """
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, by_gateway: bool = False) -> None:
         super().__init__(message)
         self.stage = stage
+        self.by_gateway = by_gateway
 
 
 class RequestRejected(ThingSpaceError):

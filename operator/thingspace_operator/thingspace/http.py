@@ -265,7 +265,8 @@ def classify_failure(
     if error_code.endswith(SESSION_ERROR_SUFFIXES):
         return SessionRejected(f"ThingSpace rejected the session token: {error_code}")
     if endpoint == "login" and status in (400, 401, 403):
-        return AuthenticationFailed("login", f"ThingSpace rejected the UWS login: {detail}")
+        message = f"ThingSpace rejected the UWS login: {detail}"
+        return AuthenticationFailed("login", message, by_gateway=bool(fault_code))
     if error_code:
         message = scrub(str(body.get("errorMessage", "")), secrets)
         return RequestRejected(error_code, message, status)
