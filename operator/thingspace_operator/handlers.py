@@ -19,7 +19,15 @@ from . import reconciler
 from .account_handlers import account_changed, report_accounts
 from .config import OperatorConfig
 from .drift import Tracked
-from .kube.claims import Claim, claim_key, claim_of, claims_for, rival_owner, successor
+from .kube.claims import (
+    Claim,
+    claim_key,
+    claim_of,
+    claims_for,
+    registered_key,
+    rival_owner,
+    successor,
+)
 from .kube.login import Login
 from .kube.secretwatch import SecretEvent
 from .kube.status import (
@@ -149,14 +157,14 @@ def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistr
         except TimeoutError:
             message = "Waiting for the operator's watch of ThingSpaceCallbacks to show the deletion"
             raise kopf.TemporaryError(message, delay=backoff(retry, runtime.config)) from None
-        _, heir = _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)
+        _, heir = _ownership(runtime, runtime.inventory.claims, body, namespace)
         owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
             _namespaced(namespace),
             spec,
             owned - {""},
             runtime,
-            lambda: _ownership(runtime, runtime.inventory.claims, spec, meta, namespace)[0],
+            lambda: _ownership(runtime, runtime.inventory.claims, body, namespace)[0],
             status.get("accountName"),
         )
         if not outcome.succeeded:
@@ -299,12 +307,13 @@ def _rival(
 def _ownership(
     runtime: Runtime,
     claims: ClaimsIndex,
-    spec: Mapping[str, Any],
-    meta: Mapping[str, Any],
+    body: Mapping[str, Any],
     namespace: str | None,
 ) -> tuple[Ownership, Claim | None]:
-    """Whether this resource (being deleted) owned the registration, and who is next."""
-    key = claim_key(spec)
+    """Whether this resource (being deleted) owned the registration, and who is next:
+    among the claims on the account it registered in, whatever its accountRef names now."""
+    spec, status, meta = body.get("spec") or {}, body.get("status"), body.get("metadata") or {}
+    key = registered_key(claim_key(spec), status) or claim_key(spec)
     me = replace(claim_of(meta, namespace or ""), deleting=False)
     everyone = claims_for(claims, runtime.account_names(), key)
     heir = successor(everyone, me)

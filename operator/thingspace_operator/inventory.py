@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from .account import AccountSpec
-from .kube.claims import ACCOUNT_REF, Claim, claim_key, claim_of
+from .kube.claims import Claim, claim_key, claim_of, in_conflict, registered_key
 from .kube.listwatch import ObjectKey
 from .kube.secrets import referenced_secrets
 from .model import InvalidSpec
@@ -77,16 +77,6 @@ class Index(Mapping[K, Collection[V]], Generic[K, V]):
         return len(self._by_key)
 
 
-def recorded_key(key: tuple[str, str] | None, status: Any) -> tuple[str, str] | None:
-    """A callback by ``accountRef`` also claims the registration in the account its status
-    says it registered in: while its ThingSpaceAccount is deleted, invalid or re-created,
-    a younger callback naming that account inline must still see the older owner."""
-    if key is None or not key[0].startswith(ACCOUNT_REF) or not isinstance(status, Mapping):
-        return None
-    account = status.get("accountName")
-    return (account, key[1]) if isinstance(account, str) and account else None
-
-
 class Inventory:
     """The maps, and whether they are complete (the first listing is filed) yet."""
 
@@ -106,8 +96,13 @@ class Inventory:
         key = claim_key(spec)
         claim = claim_of(meta, namespace)
         claims = {key: claim} if key else {}
-        recorded = recorded_key(key, body.get("status"))
-        if recorded:
+        # A callback by reference also claims the registration its status says it made:
+        # while its ThingSpaceAccount is deleted, invalid or re-created, a younger one
+        # naming that account inline must still see the owner. Not one in Conflict: it
+        # made none, and must not become the heir of a registration it cannot reach.
+        status = body.get("status")
+        recorded = registered_key(key, status)
+        if recorded and not in_conflict(status):
             claims[recorded] = claim
         self.claims.put(obj, claims)
         self.secret_users.put(

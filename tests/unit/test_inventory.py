@@ -4,18 +4,20 @@ watches' listeners do with an object that cannot be filed."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
 import pytest
 
-from thingspace_operator import account_handlers
+from thingspace_operator import account_handlers, handlers
 from thingspace_operator.account_handlers import account_changed
 from thingspace_operator.config import OperatorConfig
 from thingspace_operator.inventory import Index, Inventory
-from thingspace_operator.kube.claims import Claim, claims_for, rival_owner
+from thingspace_operator.kube.claims import Claim, claims_for, rival_owner, successor
 from thingspace_operator.kube.connection import KubeConnection
 from thingspace_operator.kube.listwatch import WatchEvent
+from thingspace_operator.plan import Ownership
 from thingspace_operator.reconciler import Runtime
 
 ACCOUNT = "0000123456-00001"
@@ -109,6 +111,39 @@ def test_a_callback_by_reference_also_claims_the_account_it_registered_in() -> N
         assert owner.name == "qos-by-ref"
     inventory.callback_gone("team-a", "qos-by-ref")
     assert rival_owner(claims_for(inventory.claims, {}, (ACCOUNT, "QoS")), me) is None
+
+
+def test_a_callback_by_reference_in_conflict_claims_no_account_it_never_registered_in() -> None:
+    """Kept in Conflict by an older inline owner, it made no registration: once its
+    ThingSpaceAccount is gone it must not become that owner's heir (it could not act)."""
+    inventory = Inventory()
+    inventory.callback_seen(callback("qos-inline", "team-b", accountName=ACCOUNT))
+    waiting = callback("qos-by-ref", accountRef={"name": "fleet"})
+    waiting["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z"
+    waiting["status"] = {
+        "accountName": ACCOUNT,
+        "conditions": [{"type": "Synced", "status": "False", "reason": "Conflict"}],
+    }
+    inventory.callback_seen(waiting)
+    owner = Claim("2026-11-01T00:00:00Z", "team-b", "qos-inline")
+    assert successor(claims_for(inventory.claims, {}, (ACCOUNT, "QoS")), owner) is None
+
+
+def test_a_deletion_hands_over_among_the_claims_on_the_account_it_registered_in() -> None:
+    """Its ThingSpaceAccount re-created for another billing account, a deleted callback by
+    reference is judged among the claims on the account it registered in: the younger
+    inline callback kept waiting there takes over, and is woken."""
+    inventory = Inventory()
+    leaving = callback("qos-by-ref", accountRef={"name": "fleet"})
+    leaving["status"] = {"accountName": ACCOUNT}
+    inventory.callback_seen(leaving)
+    waiting = callback("qos-inline", "team-b", accountName=ACCOUNT)
+    waiting["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z"
+    inventory.callback_seen(waiting)
+    runtime = SimpleNamespace(account_names=lambda: {"fleet": "0000991199-00001"})
+    ownership, heir = handlers._ownership(runtime, inventory.claims, leaving, "team-a")  # type: ignore[arg-type]
+    assert ownership is Ownership.HANDOVER
+    assert heir == Claim("2026-11-02T00:00:00Z", "team-b", "qos-inline")
 
 
 def test_an_invalid_account_is_not_filed() -> None:

@@ -38,6 +38,22 @@ def claim_key(spec: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def registered_key(key: tuple[str, str] | None, status: Any) -> tuple[str, str] | None:
+    """The registration a callback by ``accountRef`` registers in, as its status records
+    the account (``status.accountName``); None when it records none, or names its account
+    inline (``key`` is the registration then)."""
+    if key is None or not key[0].startswith(ACCOUNT_REF) or not isinstance(status, Mapping):
+        return None
+    account = status.get("accountName")
+    return (account, key[1]) if isinstance(account, str) and account else None
+
+
+def in_conflict(status: Any) -> bool:
+    """Its status says an older resource owns its registration."""
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    return any(isinstance(c, Mapping) and c.get("reason") == "Conflict" for c in conditions or ())
+
+
 def keys_of_registration(
     key: tuple[str, str], account_names: Mapping[str, str]
 ) -> list[tuple[str, str]]:
