@@ -6,6 +6,7 @@ import base64
 import shutil
 import ssl
 import subprocess
+import time
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -176,9 +177,13 @@ async def test_secret_reads_map_the_api_server_s_answers() -> None:
     async with api_server(routes) as url:
         connection = KubeConnection(kopf.ConnectionInfo(server=url, token="t"))
         reader = SecretReader(connection)
-        reader.tracked = lambda key: key == ("iot", "creds")
+        watch_at = "43"  # the watch delivered a newer version while the read was on the way
+        reader.tracked = lambda key, version: key == ("iot", "creds") and version == watch_at
         try:
             assert await reader.read("iot", "creds") == {"username": "u", "password": SECRET_VALUE}
+            assert reader.unwatched() == [("iot", "creds")]  # read again, not kept as watched
+            watch_at = "42"
+            assert await reader.read("iot", "creds", fresh_after=time.monotonic())
             assert reader.unwatched() == []  # labelled and followed by the watch
             with pytest.raises(CredentialsNotFound, match="Secret iot/gone not found"):
                 await reader.read("iot", "gone")

@@ -47,6 +47,15 @@ def test_taking_a_lease_counts_a_transition_and_renewing_keeps_the_acquire_time(
     assert lease_spec(None, "me", 15)["leaseTransitions"] == 0
 
 
+@pytest.mark.parametrize(("duration", "written"), [(10.4, 11), (10.5, 11), (0.2, 1), (15.0, 15)])
+def test_the_lease_duration_written_is_never_shorter_than_configured(
+    duration: float, written: int
+) -> None:
+    """A renew deadline of 10.4 s passes validation under a 10.5 s lease: written as 10,
+    a standby could take over 0.4 s before the old leader stops acting."""
+    assert lease_spec(None, "me", duration)["leaseDurationSeconds"] == written
+
+
 def test_a_lease_body_is_read_with_its_version() -> None:
     body = {
         "metadata": {"resourceVersion": "42", "uid": "u-1"},

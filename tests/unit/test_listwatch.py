@@ -107,6 +107,31 @@ async def test_a_404_of_a_resource_that_must_be_there_is_a_failure_and_keeps_wha
     assert seen == [("ADDED", "a", True)]  # no deletion made up from the 404
 
 
+async def test_what_a_failed_listing_delivered_is_known_so_its_deletion_is_seen() -> None:
+    """A listing that fails at page 2 has already delivered page 1: an object of page 1
+    deleted before the next listing must be reported gone, not kept for good."""
+    server = ScriptedApiServer(
+        lists=[
+            {"metadata": {"continue": "page-2"}, "items": [obj("a", 1)]},
+            500,
+            {"metadata": {"resourceVersion": "10"}, "items": []},
+        ],
+        watches=[[]],
+    )
+    seen, listener = recorder()
+    async with serving(server, {PATH: server}) as url:
+        connection = connection_to(url)
+        watch = ListWatch(
+            connection, path, listener, what="callbacks", page_size=1, retry_max_seconds=0.05
+        )
+        watch.start()
+        try:
+            await asyncio.wait_for(watch.wait_listed(), 10)
+        finally:
+            await watch.stop()
+    assert [(kind, name) for kind, name, _ in seen] == [("ADDED", "a"), ("DELETED", "a")]
+
+
 async def test_the_watch_counts_as_listed_once_every_scope_is() -> None:
     """Namespace by namespace: one namespace refusing at first holds back completeness
     (and health) until it is listed."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import os
 import random
 import threading
@@ -103,7 +104,9 @@ def lease_spec(record: LeaseRecord | None, me: str, duration: float) -> dict[str
     transitions = 0 if record is None else record.transitions + (not renewing)
     return {
         "holderIdentity": me,
-        "leaseDurationSeconds": max(1, round(duration)),
+        # Rounded up: written shorter than configured, a standby could take over while this
+        # leader, renewing against its own (longer) deadline, still acts.
+        "leaseDurationSeconds": max(1, math.ceil(duration)),
         "acquireTime": record.acquired if renewing and record is not None else now,
         "renewTime": now,
         "leaseTransitions": transitions,

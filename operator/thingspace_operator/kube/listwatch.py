@@ -107,11 +107,12 @@ class ListWatch:
         """Every scope is listed, and no watch has failed since."""
         return not self._broken
 
-    def tracks(self, key: ObjectKey) -> bool:
-        """Whether changes of this object reach the listener right now."""
+    def tracks(self, key: ObjectKey, version: str | None = None) -> bool:
+        """Whether changes of this object reach the listener right now (``version``: and
+        the last one that reached it is this one, so nothing newer is already past)."""
         if self._broken or key in self._going:
             return False
-        return any(key in known for known in self._known.values())
+        return any(key in known and version in (None, known[key]) for known in self._known.values())
 
     async def wait_listed(self) -> None:
         """Until every scope's first listing has reached the listener."""
@@ -202,6 +203,9 @@ class ListWatch:
                 listed[event.key] = event.version
                 if known.get(event.key) != event.version:
                     await self._listener(event)
+                    # Known from now on: if a later page fails, the next listing must
+                    # still report it gone.
+                    known[event.key] = event.version
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
                 version = str(meta.get("resourceVersion") or "")

@@ -57,7 +57,7 @@ class SecretReader:
         # Secrets a read found missing (or forbidden): when that read started, and why. A
         # drift period's checks of many resources waiting on one Secret then cost one GET.
         self._absent: dict[tuple[str, str], tuple[float, str]] = {}
-        self.tracked: Callable[[tuple[str, str]], bool] = lambda _: False
+        self.tracked: Callable[[tuple[str, str], str], bool] = lambda _key, _version: False
         """Whether the Secret watch follows a Secret now: only then is what a GET read of it
         kept fresh without reading again (set when the watch starts)."""
 
@@ -171,7 +171,10 @@ class SecretReader:
         meta = secret.get("metadata") or {}
         version = str(meta.get("resourceVersion") or "")
         labelled = (meta.get("labels") or {}).get(CREDENTIALS_LABEL) == "true"
-        watched = labelled and self.tracked((namespace, name))
+        # Watched only if the watch is at this very version: a newer one it delivered while
+        # this read was on the way (and dropped, as nobody used the Secret yet) would
+        # otherwise leave this older one cached for good.
+        watched = labelled and self.tracked((namespace, name), version)
         self.remember(namespace, name, version, secret.get("data") or {}, watched, at=started)
         return self._known[(namespace, name)]
 
