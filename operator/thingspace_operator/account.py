@@ -88,7 +88,7 @@ class AccountSpec:
         if (
             not isinstance(account, str)
             or len(account) > ACCOUNT_NAME_MAX_LENGTH
-            or not ACCOUNT_NAME_RE.match(account)
+            or not ACCOUNT_NAME_RE.fullmatch(account)
         ):
             raise InvalidSpec("spec.accountName must be a billing account name")
         ref = spec.get("credentialsSecretRef")

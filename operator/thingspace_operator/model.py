@@ -28,7 +28,9 @@ KOPF_EARLIER_DIFFBASE_KEY = "last-handled-configuration"  # before it moved into
 
 E = TypeVar("E", bound=enum.StrEnum)
 
-URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+# Whitespace spelled out: Python's \s also matches Unicode spaces, Go's (the API server's)
+# does not; and fullmatch, as Python's $ also matches before a final newline.
+URL_RE = re.compile(r"^https?://[^\t\n\f\r /?#]+[^\t\n\f\r ]*$")
 URL_MAX_LENGTH = 2048
 
 
@@ -72,7 +74,7 @@ class CallbackSpec:
             account = _required_string(spec, "accountName")
             credentials = _secret_name(spec, "credentialsSecretRef", required=True) or ""
         if account_ref is None and (
-            len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.match(account)
+            len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.fullmatch(account)
         ):
             raise InvalidSpec(
                 "spec.accountName must be a billing account name such as 0000123456-00001"
@@ -81,7 +83,7 @@ class CallbackSpec:
         if service not in CALLBACK_SERVICE_NAMES:
             raise InvalidSpec(f"spec.serviceName {service!r} is not a known callback service")
         url = _required_string(spec, "url")
-        if len(url) > URL_MAX_LENGTH or not URL_RE.match(url):
+        if len(url) > URL_MAX_LENGTH or not URL_RE.fullmatch(url):
             raise InvalidSpec("spec.url must be an http:// or https:// URL")
         suspend = spec.get("suspend", False)
         if not isinstance(suspend, bool):

@@ -2,6 +2,7 @@
 refused by `kubectl apply` with the expected message, CEL keeps accountName and
 serviceName immutable, and every example in examples/ is accepted."""
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import yaml
 from tests.e2e.cluster import Release, apply, remove_test_objects, unique
 from tests.e2e.controlplane import Cluster
 from tests.unit.test_crd import ABSENT, BAD_VALUES, EXAMPLES, GOOD, edited
+from thingspace_operator.model import CallbackSpec, InvalidSpec
 
 #: What the API server says for each kind of schema violation.
 MESSAGES = {
@@ -133,3 +135,31 @@ def test_moving_to_an_account_ref_is_allowed_and_never_back(plane: Cluster, name
         "-n", namespace, "replace", "-f", "-", input=yaml.safe_dump(obj), check=False
     )
     assert "accountRef cannot be removed" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("spec.url", "https://listener.example.com/qos\u00a0"),  # a copied non-breaking space
+        ("spec.url", "https://listener.example.com/qos\u2028"),
+        ("spec.url", "https://listener.example.com/qos\x0b"),
+        ("spec.url", "https://listener.example.com/qos\n"),  # a YAML block scalar's newline
+        ("spec.url", "https://listener.example.com/q os"),
+        ("spec.accountName", "0000123456-00001\n"),
+    ],
+)
+def test_the_api_server_and_the_operator_agree_on_what_is_valid(
+    plane: Cluster, namespace: str, field: str, value: str
+) -> None:
+    """Go's regular expressions (the API server's) and Python's (the operator's, the
+    GitOps tools') read \\s and $ differently: what kubectl accepts, the operator must be
+    able to act on, and what it refuses, the operator must refuse too."""
+    obj = manifest(namespace, **{field: value})
+    done = plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+    accepted = done.returncode == 0
+    try:
+        CallbackSpec.parse(obj["spec"])
+        parsed = True
+    except InvalidSpec:
+        parsed = False
+    assert accepted == parsed, f"API server accepts: {accepted}, operator parses: {parsed}"

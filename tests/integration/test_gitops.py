@@ -207,6 +207,8 @@ async def test_an_unfilled_export_is_refused_by_diff_as_the_operator_would(
 async def test_exported_live_passwords_are_readable_by_their_owner_only(
     sim: Any, control: SimControl, tmp_path: Path
 ) -> None:
+    url_with_password = f"https://listener:{LIVE_PASSWORD}@listener.example.com/usage"
+    await control.set_registration(ACCOUNT, "DeviceUsage", url=url_with_password)
     out = tmp_path / "adopted"
     done = await tool(
         sim.url, "export", "--account", ACCOUNT, "--include-credentials", "--output-dir", str(out)
@@ -214,7 +216,9 @@ async def test_exported_live_passwords_are_readable_by_their_owner_only(
     assert done.code == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes["carrierservice-0000123456-00001-callback-credentials.secret.yaml"] == 0o600
+    assert modes["deviceusage-0000123456-00001.thingspacecallback.yaml"] == 0o600  # its URL
     assert modes["qos-0000123456-00001.thingspacecallback.yaml"] == 0o644
+    assert "holds live callback passwords" in done.err
 
 
 async def test_export_needs_an_account_and_credentials(sim: Any, control: SimControl) -> None:
@@ -460,12 +464,15 @@ async def test_diff_without_credentials_or_with_rejected_ones_is_an_error(
         pytest.param(["diff", "-f", "x.yaml", "-o", "yaml"], id="bad-output"),
         pytest.param(["diff", "-f", "x.yaml", "--timeout", "0"], id="bad-timeout"),
         pytest.param(["export", "--no-such-flag"], id="unknown-flag"),
+        pytest.param(["export", "--account", ".."], id="account-dot-dot"),
+        pytest.param(["export", "--account", "a/b"], id="account-with-slash"),
     ],
 )
 async def test_usage_errors_exit_1_never_2(sim: Any, args: list[str]) -> None:
     done = await tool(sim.url, *args)
     assert done.code == 1
     assert "error:" in done.err
+    assert (await SimControl(sim.url).request("GET", "requests"))["total"] == 0
 
 
 async def test_diff_of_nothing_is_an_error(sim: Any, control: SimControl, tmp_path: Path) -> None:

@@ -6,7 +6,10 @@ import re
 import time
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.conftest import eventually
 from thingspace_operator.cli import build_parser, run_config
@@ -30,11 +33,13 @@ from thingspace_operator.thingspace.errors import (
 from thingspace_operator.thingspace.http import (
     MAX_MESSAGE_LENGTH,
     BearerRejected,
+    SessionHeaders,
     SessionRejected,
+    ThingSpaceHTTP,
     classify_failure,
     parse_retry_after,
 )
-from thingspace_operator.thingspace.models import display_url
+from thingspace_operator.thingspace.models import Callback, display_url
 
 FAULT_901 = {"fault": {"code": "900901", "message": "Invalid Credentials"}}
 THROTTLED = {"fault": {"code": "900800", "message": "Message throttled out"}}
@@ -170,6 +175,42 @@ def test_callback_credentials_at_the_limit_are_fine() -> None:
 def test_display_url_drops_userinfo() -> None:
     assert display_url("https://user:pw@host.example/x?y=1") == "https://host.example/x?y=1"
     assert display_url("https://host.example/x") == "https://host.example/x"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://a]b/x", "https://a]b/x"),
+        ("https://[::1/x", "https://[::1/x"),
+        ("https://user:pw@[::1/x?y#z", "https://[::1/x?y#z"),
+        ("https://user:pw@a]b", "https://a]b"),
+    ],
+)
+def test_display_url_of_a_url_python_cannot_split_still_drops_userinfo(
+    url: str, shown: str
+) -> None:
+    """The CRD's pattern admits them; one such URL must not break status, export or
+    `kubectl thingspace status` for everyone."""
+    assert display_url(url) == shown
+
+
+async def test_a_password_in_the_listener_url_is_scrubbed_from_register_errors() -> None:
+    """ThingSpace may quote the URL it refused; its user:password@ stays out of the
+    condition, as written and percent-decoded."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        echoed = (await request.json())["url"]
+        return web.json_response({"error": "bad url", "error_description": echoed}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/api/m2m/v1/callbacks/{account}", refuse)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        http = ThingSpaceHTTP(str(server.make_url("")), session, timeout_seconds=2.0)
+        url = "https://listener:p%40ss-Zq9@host.example/q"
+        with pytest.raises(RequestRejected) as caught:
+            await http.register(SessionHeaders("t", "s"), Callback("1-2", "QoS", url))
+    assert "Zq9" not in str(caught.value)
+    assert "host.example/q" in str(caught.value)
 
 
 def test_unexpected_errors_do_not_echo_their_text() -> None:

@@ -48,6 +48,9 @@ def test_all_fields() -> None:
         ({"url": "ftp://x"}, "url"),
         ({"url": "https://"}, "url"),
         ({"url": 42}, "url"),
+        ({"url": "https://listener.example.com/qos\n"}, "url"),  # the API server refuses it
+        ({"url": "https://listener.example.com/q os"}, "url"),
+        ({"accountName": "0000123456-00001\n"}, "accountName"),
         ({"credentialsSecretRef": None}, "credentialsSecretRef"),
         ({"credentialsSecretRef": {"name": ""}}, "credentialsSecretRef"),
         ({"callbackCredentialsSecretRef": "cb"}, "callbackCredentialsSecretRef"),
@@ -60,3 +63,9 @@ def test_invalid_specs_name_the_field(change: dict[str, object], field: str) -> 
     spec = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     with pytest.raises(InvalidSpec, match=f"spec.{field}"):
         CallbackSpec.parse(spec)
+
+
+def test_a_url_with_unicode_space_is_accepted_as_the_api_server_accepts_it() -> None:
+    """Go's \\s (the CRD's pattern, checked by the API server) is ASCII only: a URL the
+    API server stored must not become InvalidSpec here (ThingSpace judges it)."""
+    assert CallbackSpec.parse({**GOOD, "url": GOOD["url"] + "\u00a0"}).url.endswith("\u00a0")

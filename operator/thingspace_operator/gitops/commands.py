@@ -19,6 +19,7 @@ from ..config import DEFAULT_API_URL
 from ..model import GROUP, PLURAL, VERSION
 from ..thingspace.errors import ThingSpaceError
 from ..thingspace.models import AppCredentials
+from ..thingspace.services import ACCOUNT_NAME_MAX_LENGTH, ACCOUNT_NAME_RE
 from . import diff, export, status
 from .manifests import ManifestError, dump, load
 from .sources import (
@@ -58,6 +59,15 @@ def positive(value: str) -> float:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return number
+
+
+def account_name(value: str) -> str:
+    """A billing account name as the CRD accepts it: it becomes part of the URL path."""
+    if len(value) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a billing account name (letters and digits, '-' between)"
+        )
+    return value
 
 
 def add_commands(commands: "argparse._SubParsersAction[Any]") -> None:
@@ -116,7 +126,12 @@ def _add_export(commands: "argparse._SubParsersAction[Any]") -> None:
         "manifests: applying them adopts every registration with no ThingSpace write.",
     )
     parser.add_argument(
-        "--account", action="append", default=[], metavar="NAME", help="billing account"
+        "--account",
+        action="append",
+        default=[],
+        type=account_name,
+        metavar="NAME",
+        help="billing account",
     )
     _account_ref_option(parser, "the manifests then use accountRef")
     parser.add_argument("--namespace", "-n", help="metadata.namespace of the manifests")
@@ -167,6 +182,7 @@ def _add_diff(commands: "argparse._SubParsersAction[Any]", name: str) -> None:
         "--account",
         action="append",
         default=[],
+        type=account_name,
         metavar="NAME",
         help="also list this account, to show registrations no manifest declares",
     )
@@ -260,9 +276,8 @@ def _write(exported: list[export.Exported], output_dir: Path | None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for item in exported:
         note = export.PLACEHOLDER_NOTE if item.has_placeholders else ""
-        secret = item.manifest["kind"] == "Secret"
         # Live callback passwords stay readable by their owner only.
-        mode = 0o600 if secret and not item.has_placeholders else 0o644
+        mode = 0o600 if item.holds_secrets else 0o644
         path = output_dir / item.file_name
         path.unlink(missing_ok=True)
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as file:
@@ -279,7 +294,7 @@ def _warn_about_credentials(exported: list[export.Exported], included: bool) -> 
             "and ThingSpace is left untouched",
             file=sys.stderr,
         )
-    if included and any(item.manifest["kind"] == "Secret" for item in exported):
+    if included and any(item.holds_secrets for item in exported):
         print(
             "note: the output holds live callback passwords: do not commit it unencrypted",
             file=sys.stderr,

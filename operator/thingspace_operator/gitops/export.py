@@ -39,6 +39,8 @@ class Exported:
     file_name: str
     manifest: dict[str, Any] = field(repr=False)
     has_placeholders: bool = False
+    holds_secrets: bool = False
+    """Live callback credentials: a Secret's values, or a user:password@ in a URL."""
 
 
 def resource_name(callback: Callback) -> str:
@@ -97,7 +99,8 @@ def _callback_manifest(callback: Callback, options: ExportOptions) -> Exported:
         "metadata": _metadata(name, options),
         "spec": spec,
     }
-    return Exported(f"{name}.thingspacecallback.yaml", manifest)
+    secret_in_url = display_url(callback.url) != callback.url
+    return Exported(f"{name}.thingspacecallback.yaml", manifest, holds_secrets=secret_in_url)
 
 
 def _credentials_name(callback: Callback) -> str:
@@ -119,4 +122,4 @@ def _credentials_manifest(callback: Callback, options: ExportOptions) -> Exporte
             "password": callback.password if live else PLACEHOLDER,
         },
     }
-    return Exported(f"{name}.secret.yaml", manifest, has_placeholders=not live)
+    return Exported(f"{name}.secret.yaml", manifest, has_placeholders=not live, holds_secrets=live)

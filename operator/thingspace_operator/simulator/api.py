@@ -197,7 +197,7 @@ async def logout(request: web.Request, state: SimulatorState) -> Any:
 
 def _account(request: web.Request, state: SimulatorState) -> str:
     account = request.match_info["account"]
-    if len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.match(account):
+    if len(account) > ACCOUNT_NAME_MAX_LENGTH or not ACCOUNT_NAME_RE.fullmatch(account):
         raise error(f"{UWS}.INPUT_INVALID.Account.NotDefined", "Account name is not valid")
     if state.config.accounts is not None and account not in state.config.accounts:
         raise error(f"{UWS}.REQUEST_FAILED.AccountNotFound", "Account not found")

@@ -22,7 +22,7 @@ from .errors import (
     ThingSpaceError,
     Unavailable,
 )
-from .models import Callback
+from .models import Callback, url_passwords
 
 TOKEN_PATH = "/api/ts/v1/oauth2/token"
 LOGIN_PATH = "/api/m2m/v1/session/login"
@@ -143,7 +143,7 @@ class ThingSpaceHTTP:
             "POST",
             CALLBACKS_PATH.format(account=quote(callback.account_name, safe="")),
             endpoint="register",
-            secrets=(callback.password, *secrets),
+            secrets=(callback.password, *url_passwords(callback.url), *secrets),
             headers=headers.as_headers(),
             json=payload,
         )

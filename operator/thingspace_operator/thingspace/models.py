@@ -1,8 +1,9 @@
 """Plain data the ThingSpace side speaks in. Secret-bearing fields never show in ``repr``."""
 
 import hashlib
+import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,29 @@ class Callback:
         return bool(self.username or self.password)
 
 
+AUTHORITY_RE = re.compile(r"([^:/?#]+://)([^/?#]*)(.*)", re.DOTALL)
+
+
 def display_url(url: str) -> str:
     """The URL without any user:password part, fit for status, Events, logs and output."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host: cut the user part by hand
+        found = AUTHORITY_RE.match(url)
+        if found is None:
+            return url
+        scheme, authority, rest = found.groups()
+        return scheme + authority.rsplit("@", 1)[-1] + rest
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def url_passwords(url: str) -> tuple[str, ...]:
+    """The password in a URL's user:password@ part, as written and percent-decoded (to
+    keep out of messages); none without one."""
+    found = AUTHORITY_RE.match(url)
+    if found is None or "@" not in found.group(2):
+        return ()
+    password = found.group(2).rsplit("@", 1)[0].partition(":")[2]
+    return tuple(dict.fromkeys(p for p in (password, unquote(password)) if p))
