@@ -26,6 +26,7 @@ from tests.e2e.cluster import (
 )
 from tests.e2e.controlplane import Cluster
 from tests.e2e.test_lifecycle import account_manifest
+from thingspace_operator.gitops.manifests import dump
 
 
 def kubectl(plane: Cluster, sim: Simulator, *args: str) -> subprocess.CompletedProcess[str]:
@@ -126,3 +127,19 @@ def test_export_apply_adopts_with_zero_writes_and_the_plugin_reports_status(
         remove_test_objects(plane, [team], release.namespace, operator_running=True)
         operator.stop()
         release.uninstall()
+
+
+def test_what_the_tools_write_kubectl_reads_back_as_the_same_strings(plane: Cluster) -> None:
+    """PyYAML leaves some strings unquoted that kubectl's YAML reader takes for numbers or
+    booleans (an account named 1e5 would become 100000): the tools quote them."""
+    values = ["1e5", "1e+5", "0o17", "y", "N", "ON", "12", "TestAccount-2", "0000123456-00001"]
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "strings", "namespace": "default"},
+        "data": {f"k{i}": value for i, value in enumerate(values)},
+    }
+    done = plane.kubectl(
+        "create", "--dry-run=client", "-o", "json", "-f", "-", input=dump([config_map])
+    )
+    assert json.loads(done.stdout)["data"] == config_map["data"]

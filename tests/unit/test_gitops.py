@@ -8,7 +8,13 @@ import pytest
 import yaml
 
 from thingspace_operator.gitops import diff, export, status
-from thingspace_operator.gitops.manifests import Manifest, ManifestError, load, secret_values
+from thingspace_operator.gitops.manifests import (
+    Manifest,
+    ManifestError,
+    dump,
+    load,
+    secret_values,
+)
 from thingspace_operator.model import CallbackSpec
 from thingspace_operator.thingspace.errors import Unavailable
 from thingspace_operator.thingspace.models import Callback
@@ -177,6 +183,23 @@ def test_export_leaves_out_what_it_cannot_write_safely() -> None:
     assert "hunter2" not in " ".join(skipped)
     included, _ = export.export(callbacks[:1], export.ExportOptions(include_credentials=True))
     assert included[0].manifest["spec"]["url"] == callbacks[0].url
+
+
+def test_accounts_that_differ_only_in_case_never_share_a_file() -> None:
+    callbacks = [
+        Callback("TestAccount-2", "QoS", "https://listener.example.com/a"),
+        Callback("testaccount-2", "QoS", "https://listener.example.com/b"),
+    ]
+    exported, skipped = export.export(callbacks, export.ExportOptions())
+    assert [e.manifest["spec"]["accountName"] for e in exported] == ["TestAccount-2"]
+    assert "name of account TestAccount-2's" in skipped[0]
+
+
+def test_strings_a_yaml_reader_could_take_for_numbers_or_booleans_are_quoted() -> None:
+    """kubectl's YAML reader takes 1e5 for a number and y for true (tests/e2e/test_gitops.py
+    reads this output back with kubectl)."""
+    text = dump([{"accountName": "1e5", "flag": "y", "plain": "0000123456-00001"}])
+    assert text == "accountName: '1e5'\nflag: 'y'\nplain: 0000123456-00001\n"
 
 
 def test_unknown_callback_credentials_over_none_live_are_a_change() -> None:

@@ -54,8 +54,13 @@ def export(
 ) -> tuple[list[Exported], list[str]]:
     """The manifests, and why any live registration was left out."""
     exported, skipped = [], []
+    named: dict[str, str] = {}  # resource name -> the account that took it
     for callback in sorted(callbacks, key=lambda c: (c.account_name, c.service_name)):
         why = _not_exportable(callback, options)
+        taken_by = named.setdefault(resource_name(callback), callback.account_name)
+        if not why and taken_by != callback.account_name:
+            # Names are lowercase: accounts that differ only in case would share a file.
+            why = f"it would have the name of account {taken_by}'s; export it on its own"
         if why:
             skipped.append(f"{callback.service_name} of account {callback.account_name}: {why}")
             continue

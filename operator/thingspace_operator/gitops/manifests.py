@@ -1,6 +1,7 @@
 """Read and write the YAML manifests users keep in git: ThingSpaceCallbacks,
 ThingSpaceAccounts and Secrets, from files and directories, with no cluster involved."""
 
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -145,8 +146,31 @@ def secret_values(secret: Manifest) -> dict[str, str]:
     return values
 
 
+#: Plain scalars some YAML reader takes for a number or a boolean (kubectl's reads
+#: YAML 1.2 numbers and 1.1 booleans); PyYAML leaves several of them unquoted.
+NOT_PLAIN_STRINGS = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?|0o[0-7]+|0x[0-9a-fA-F]+"
+    r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)|[yYnN]|(?i:yes|no|on|off|true|false|null)|~"
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string a YAML reader could take for something else."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if NOT_PLAIN_STRINGS.fullmatch(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump(manifests: Iterable[Mapping[str, Any]]) -> str:
     """Multi-document YAML in the key order given (readable diffs in git)."""
-    return yaml.safe_dump_all(
-        [dict(item) for item in manifests], sort_keys=False, default_flow_style=False
+    return yaml.dump_all(
+        [dict(item) for item in manifests],
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
     )
