@@ -192,8 +192,14 @@ async def _deregister_unmanaged(
 ) -> None:
     view = await account_view(account, runtime)
     async with runtime.lock_for(account.account_name, service):
-        if claims_of((account.account_name, service)):
-            return  # declared meanwhile
+        # Everything again, as it is now: the awaits since the sightings may have let a
+        # callback in (declared, or registered by a handler whose resource the inventory
+        # does not show yet), or a watch gap open.
+        if claims_of((account.account_name, service)) or not runtime.inventory_current():
+            return
+        live = (await view.observe(view.now())).get(service)
+        if live is None or live.url != url:
+            return  # gone, or someone's new registration: not what was sighted twice
         await deregister(view, service)
     message = (
         f"Deregistered {service} callbacks of account {account.account_name} "

@@ -31,6 +31,7 @@ CLAIM = Claim("2026-01-01T00:00:00Z", "team", "qos")
 class RecordingView:
     def __init__(self) -> None:
         self.deregistered: list[str] = []
+        self.live: dict[str, Callback] = {}  # what a list made now answers
 
     async def deregister(self, service: str) -> float:
         self.deregistered.append(service)
@@ -40,7 +41,7 @@ class RecordingView:
         return 0.0
 
     async def observe(self, not_before: float) -> dict[str, Callback]:
-        return {}
+        return dict(self.live)
 
 
 @pytest.fixture
@@ -86,8 +87,34 @@ async def prune_twice(
 async def test_an_undeclared_registration_goes_after_two_lists_a_period_apart(
     view: RecordingView,
 ) -> None:
+    view.live = listed(PERIOD, QoS="https://a").callbacks
     await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
     assert view.deregistered == ["QoS"]
+
+
+async def test_a_registration_replaced_after_its_sightings_is_left(view: RecordingView) -> None:
+    """Under the lock a fresh list decides: a handler whose resource the inventory does
+    not show yet may have registered its own URL meanwhile."""
+    view.live = listed(PERIOD, QoS="https://new-owner").callbacks
+    await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    assert view.deregistered == []
+
+
+async def test_a_watch_gap_opening_while_pruning_waits_stops_it(
+    monkeypatch: pytest.MonkeyPatch, view: RecordingView
+) -> None:
+    view.live = listed(PERIOD, QoS="https://a").callbacks
+    current = [True]
+
+    async def account_view(*_: Any) -> RecordingView:
+        current[0] = False  # the callbacks' watch expired while the credentials were read
+        return view
+
+    monkeypatch.setattr(account_handlers, "account_view", account_view)
+    rt = runtime()
+    rt.inventory_current = lambda: current[0]
+    await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    assert view.deregistered == []
 
 
 async def test_two_lists_less_than_a_period_apart_are_not_enough(view: RecordingView) -> None:

@@ -160,6 +160,7 @@ class ListWatch:
                 if failures < 3:
                     where = scope or "all namespaces"
                     log.debug("Watch of %s in %s expired; listing again", self._what, where)
+                    self._gap(scope)  # events were missed: nothing vouched for until relisted
                     continue
                 await self._pause(scope, failures, "410 Gone again and again")
             except Exception as exc:  # never ends the watch; says what, never any data
@@ -172,12 +173,16 @@ class ListWatch:
         if not self._broken:
             self._listed.set()
 
-    async def _pause(self, scope: Scope, failures: int, reason: str) -> None:
-        """Report the gap, then back off exponentially before listing again."""
+    def _gap(self, scope: Scope) -> None:
+        """Until this scope is listed again, the watch is not healthy and tracks nothing."""
         if scope not in self._broken:
             self._broken.add(scope)
             if self.on_gap is not None:
                 self.on_gap()
+
+    async def _pause(self, scope: Scope, failures: int, reason: str) -> None:
+        """Report the gap, then back off exponentially before listing again."""
+        self._gap(scope)
         delay = min(self._retry_max, 0.5 * 2 ** min(failures, 10))
         log.warning(
             "Watch of %s in %s failed (%s); retrying in %.1f s",
