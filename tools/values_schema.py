@@ -90,14 +90,13 @@ def schema_for(value: Any, path: str, notes: dict[str, str]) -> dict[str, Any]:
     elif isinstance(value, list):
         node = {"type": "array", "items": {"type": "string"}}
     else:
-        node = {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                key: schema_for(child, f"{path}.{key}" if path else key, notes)
-                for key, child in value.items()
-            },
+        properties = {
+            key: schema_for(child, f"{path}.{key}" if path else key, notes)
+            for key, child in value.items()
         }
+        if not path:  # Helm gives every subchart the parent's "global" values
+            properties["global"] = {"type": "object"}
+        node = {"type": "object", "additionalProperties": False, "properties": properties}
     if path in ENUMS:
         node["enum"] = ENUMS[path]
     if path in POSITIVE:

@@ -353,6 +353,49 @@ def test_several_replicas_without_leader_election_are_refused() -> None:
     assert "replicaCount > 1 needs leaderElection.enabled=true" in refused.stderr
 
 
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (["leaderElection.leaseDurationSeconds=10"], "leaseDurationSeconds > renewDeadline"),
+        (["leaderElection.retryPeriodSeconds=9"], "leaseDurationSeconds > renewDeadline"),
+        (["podDisruptionBudget.minAvailable=2"], "no node could ever be drained"),
+        (["metrics.port=8081"], "metrics.port and health.port must differ"),
+        (
+            ["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
+            "needs metrics.service.enabled",
+        ),
+        (["serviceAccount.create=false"], "needs serviceAccount.name"),
+    ],
+)
+def test_values_the_operator_or_the_cluster_would_fail_on_are_refused_at_install(
+    options: list[str], problem: str
+) -> None:
+    """Each renders cleanly otherwise, then crash-loops, blocks every node drain, clashes
+    on a port, selects nothing, or gives the namespace's default ServiceAccount the
+    operator's permissions."""
+    sets = [arg for option in options for arg in ("--set", option)]
+    refused = helm("template", "tso", str(CHART), *sets)
+    assert refused.returncode != 0
+    assert problem in refused.stderr
+
+
+def test_the_chart_works_as_a_subchart_with_global_values() -> None:
+    """Helm hands every subchart the parent's "global" values."""
+    assert deployment(render("--set", "global.imageRegistry=example.com"))
+
+
+def test_a_namespace_named_twice_is_watched_and_granted_once() -> None:
+    docs = render("--set", "watchNamespaces={iot,iot,billing}")
+    args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace=")] == [
+        "--namespace=iot",
+        "--namespace=billing",
+    ]
+    for kind in ("Role", "RoleBinding"):
+        watched = [o["metadata"]["namespace"] for o in by_kind(docs, kind)]
+        assert (watched.count("iot"), watched.count("billing")) == (1, 1)
+
+
 def test_chosen_affinity_replaces_the_default_anti_affinity() -> None:
     docs = render(
         "--set",
@@ -633,3 +676,12 @@ def test_notes_open_with_the_simulator_warning() -> None:
     assert "is unauthenticated: any pod that can" in text
     assert "simulator.networkPolicy.enabled=true" in text
     assert "simulator.networkPolicy.enabled=true" not in notes(*NETWORK_POLICY)
+
+
+def test_notes_of_an_install_without_namespaced_secrets_point_to_account_refs() -> None:
+    """Inline credentials in a callback's namespace would only report AccountRequired."""
+    text = notes("--set", "credentials.namespacedSecrets=false")
+    assert "kubectl -n ops create secret generic thingspace-credentials" in text
+    assert "spec.accountRef" in text
+    assert "kubectl -n <namespace> create secret" not in text
+    assert "kubectl -n <namespace> create secret" in notes()
