@@ -31,6 +31,7 @@ from .reconciler import (
     failure_outcome,
 )
 from .thingspace.accounts import Observation
+from .thingspace.errors import ThingSpaceError
 from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,10 @@ async def _deregister_unmanaged(
         # does not show yet), or a watch gap open.
         if claims_of((account.account_name, service)) or not runtime.inventory_current():
             return
-        live = (await view.observe(view.now())).get(service)
+        try:
+            live = (await view.observe(view.now())).get(service)
+        except ThingSpaceError:
+            return  # not verified now: the sightings start again
         if live is None or live.url != url:
             return  # gone, or someone's new registration: not what was sighted twice
         await deregister(view, service)

@@ -13,6 +13,7 @@ from thingspace_operator.account import AccountSpec
 from thingspace_operator.kube.claims import Claim
 from thingspace_operator.kube.status import Condition
 from thingspace_operator.thingspace.accounts import Observation
+from thingspace_operator.thingspace.errors import Unavailable
 from thingspace_operator.thingspace.models import Callback
 
 ACCOUNT = AccountSpec.parse(
@@ -98,6 +99,20 @@ async def test_a_registration_replaced_after_its_sightings_is_left(view: Recordi
     view.live = listed(PERIOD, QoS="https://new-owner").callbacks
     await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
     assert view.deregistered == []
+
+
+async def test_a_list_failing_under_the_lock_prunes_nothing_and_reports_on(
+    monkeypatch: pytest.MonkeyPatch, view: RecordingView
+) -> None:
+    async def failing(not_before: float) -> dict[str, Callback]:
+        raise Unavailable("ThingSpace list call failed with HTTP 503")
+
+    monkeypatch.setattr(view, "observe", failing)
+    ready = await prune_twice(
+        runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a")
+    )
+    assert view.deregistered == []
+    assert ready == READY
 
 
 async def test_a_watch_gap_opening_while_pruning_waits_stops_it(
