@@ -174,8 +174,9 @@ def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistr
         post_event(body, outcome, status)
         runtime.metrics.set_state(str(meta.get("uid")), None)
         if heir is not None:
-            # Wake the next owner now instead of at its next drift check.
-            await runtime.resources.request_reconcile(heir.namespace, heir.name)
+            # Wake the next owner now instead of at its next drift check (a failure to ask
+            # is logged: the deletion is done, and must not be retried for it).
+            await runtime.ask_to_reconcile([(heir.namespace, heir.name)])
 
     return registry
 
@@ -424,10 +425,16 @@ def desired_status(
     now = utc_timestamp()
     updates = [outcome.synced]
     ready = outcome.ready
+    known = condition(status, READY)
     if deleting:
         ready = Condition(READY, "False", "Deleting", outcome.synced.message)
-    elif ready is None and not condition(status, READY):
+    elif ready is None and not known:
         ready = Condition(READY, "False", outcome.synced.reason, outcome.synced.message)
+    elif ready is None and known.get("observedGeneration") != generation:
+        # Not looked at, and what Ready says is of an earlier spec: this one is not known
+        # to be in effect (kubectl wait and GitOps health checks read Ready).
+        message = f"The current spec is not known to be in effect: {outcome.synced.message}"
+        ready = Condition(READY, "Unknown", outcome.synced.reason, message)
     if ready is not None:
         updates.append(ready)
     desired: dict[str, Any] = {

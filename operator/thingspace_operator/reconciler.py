@@ -137,6 +137,9 @@ class Runtime:
         the next owner is asked to reconcile now (in the background) rather than at its
         next drift check."""
         claimed = self.inventory.claims.entries_of((namespace, name))
+        tracked = self.sweep.tracked((namespace, name))
+        if tracked is not None and tracked.uid:  # gone without its delete handler: no gauge
+            self.metrics.set_state(tracked.uid, None)
         self.inventory.callback_gone(namespace, name)
         self.sweep.forget(namespace, name)
         self.unfiled.discard((namespace, name))

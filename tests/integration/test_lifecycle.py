@@ -229,6 +229,13 @@ async def test_a_resource_deleted_unseen_leaves_the_drift_checks(
     await eventually(lambda: len(runtime.sweep) == 0, what="forgotten by the sweep")
     # ... and by the inventory: its claim would keep any younger claimant in Conflict.
     assert (ACCOUNT, "QoS") not in runtime.inventory.claims
+    # ... and by the gauges, which counted it Ready.
+    registry = runtime.metrics.registry
+    ready_now = registry.get_sample_value(
+        "thingspace_callbacks", {"condition": "Ready", "status": "True"}
+    )
+    assert not ready_now
+    assert not registry.get_sample_value("thingspace_registrations_managed")
     assert live(sim).url == "https://evil.example/"  # nothing written for a resource gone
 
 

@@ -4,9 +4,11 @@ import json
 
 import kopf
 
-from thingspace_operator.handlers import HandledConfiguration
+from thingspace_operator.handlers import HandledConfiguration, desired_status
 from thingspace_operator.kube.status import Condition, changed_fields, condition, merge_conditions
 from thingspace_operator.model import KOPF_ANNOTATION_PREFIX
+from thingspace_operator.reconciler import failure_outcome
+from thingspace_operator.thingspace.errors import Unavailable
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -84,3 +86,24 @@ def test_handled_configuration_lives_in_status_and_reads_the_earlier_annotation(
     stored = {**raw, "status": dict(patch["status"])}
     assert json.loads(stored["status"]["lastHandledConfiguration"]) == essence
     assert storage.fetch(body=kopf.Body(stored)) == essence
+
+
+def test_a_failure_that_could_not_look_leaves_ready_only_for_the_spec_it_describes() -> None:
+    """Ready keeps its value when a failure prevents looking at ThingSpace, but only for
+    the generation it was about: after a spec change it is Unknown, not True for the
+    old URL while observedGeneration says the new spec was handled."""
+    failed = failure_outcome(Unavailable("ThingSpace list call failed with HTTP 503"))
+    ready_of_1 = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Registered",
+        "message": "ThingSpace delivers QoS callbacks to https://old.example.com",
+        "lastTransitionTime": "2026-11-28T00:00:00Z",
+        "observedGeneration": 1,
+    }
+    same = desired_status(failed, {"conditions": [ready_of_1]}, 1)
+    assert condition(same, "Ready")["status"] == "True"  # a drift check that could not look
+    changed = desired_status(failed, {"conditions": [ready_of_1]}, 2)
+    ready = condition(changed, "Ready")
+    assert (ready["status"], ready["reason"]) == ("Unknown", "Unavailable")
+    assert ready["observedGeneration"] == 2
