@@ -3,9 +3,16 @@
 import json
 
 import kopf
+import pytest
 
 from thingspace_operator.handlers import HandledConfiguration, desired_status
-from thingspace_operator.kube.status import Condition, changed_fields, condition, merge_conditions
+from thingspace_operator.kube.status import (
+    Condition,
+    changed_fields,
+    condition,
+    merge_conditions,
+    older_than,
+)
 from thingspace_operator.model import KOPF_ANNOTATION_PREFIX
 from thingspace_operator.reconciler import failure_outcome
 from thingspace_operator.thingspace.errors import Unavailable
@@ -107,3 +114,21 @@ def test_a_failure_that_could_not_look_leaves_ready_only_for_the_spec_it_describ
     ready = condition(changed, "Ready")
     assert (ready["status"], ready["reason"]) == ("Unknown", "Unavailable")
     assert ready["observedGeneration"] == 2
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "old"),
+    [
+        (None, True),
+        ("", True),
+        ("yesterday", True),
+        ("2026-11-28T10:00:00.123456Z", True),
+        ("2099-01-01T00:00:00Z", False),
+        ("2099-01-01T00:00:00.5+02:00", False),
+    ],
+)
+def test_any_rfc3339_last_sync_time_is_read_and_nothing_else_fails(
+    timestamp: str | None, old: bool
+) -> None:
+    """A lastSyncTime written by someone else must not fail every reconcile."""
+    assert older_than(timestamp, 3600) is old

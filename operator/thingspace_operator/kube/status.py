@@ -24,10 +24,16 @@ def utc_timestamp(now: datetime.datetime | None = None) -> str:
 
 
 def older_than(timestamp: str | None, seconds: float) -> bool:
-    """Whether the status timestamp is missing or at least ``seconds`` old."""
-    if not timestamp:
+    """Whether the status timestamp is missing, unreadable or at least ``seconds`` old.
+    Any RFC 3339 form is read (someone else may have written it): fractions, offsets."""
+    if not isinstance(timestamp, str) or not timestamp:
         return True
-    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    try:
+        then = datetime.datetime.fromisoformat(timestamp)
+    except ValueError:
+        return True  # rewritten with the operator's own form at the next status write
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=datetime.UTC)
     return (datetime.datetime.now(datetime.UTC) - then).total_seconds() >= seconds
 
 
