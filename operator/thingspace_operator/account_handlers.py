@@ -157,6 +157,17 @@ async def prune(
     if runtime.config.namespaces:
         note = "Authoritative is inactive: this operator watches only some namespaces"
         return replace(ready, message=f"{ready.message}. {note}")
+    additive = sorted(
+        other.name
+        for other in runtime.inventory.accounts.values()
+        if other.account_name == account.account_name and other.policy is not AUTHORITATIVE
+    )
+    if additive:  # the two say opposite things of one billing account: the safe one wins
+        note = (
+            f"Authoritative is inactive: ThingSpaceAccount {', '.join(additive)} of the same "
+            "billing account is Additive"
+        )
+        return replace(ready, message=f"{ready.message}. {note}")
     if not runtime.inventory_current():
         return ready  # not every callback of the cluster known now: no judgement possible
     watch = runtime.unmanaged

@@ -16,14 +16,12 @@ from thingspace_operator.thingspace.accounts import Observation
 from thingspace_operator.thingspace.errors import Unavailable
 from thingspace_operator.thingspace.models import Callback
 
-ACCOUNT = AccountSpec.parse(
-    "fleet",
-    {
-        "accountName": "0000123456-00001",
-        "credentialsSecretRef": {"name": "creds"},
-        "callbackPolicy": "Authoritative",
-    },
-)
+ACCOUNT_SPEC = {
+    "accountName": "0000123456-00001",
+    "credentialsSecretRef": {"name": "creds"},
+    "callbackPolicy": "Authoritative",
+}
+ACCOUNT = AccountSpec.parse("fleet", ACCOUNT_SPEC)
 PERIOD = 10.0
 READY = Condition("Ready", "True", "Authenticated", "Listed")
 CLAIM = Claim("2026-01-01T00:00:00Z", "team", "qos")
@@ -63,6 +61,7 @@ def view(monkeypatch: pytest.MonkeyPatch) -> RecordingView:
 def runtime(indexed: bool = True, namespaces: tuple[str, ...] = ()) -> Any:
     return SimpleNamespace(
         config=SimpleNamespace(namespaces=namespaces, resync_seconds=PERIOD),
+        inventory=SimpleNamespace(accounts={ACCOUNT.name: ACCOUNT}),
         inventory_current=lambda: indexed,
         unmanaged={},
         lock_for=lambda *_: asyncio.Lock(),
@@ -208,3 +207,17 @@ def test_a_callback_of_an_unknown_account_blocks_pruning_its_service() -> None:
     )
     assert found == [CLAIM]
     assert account_handlers.declaring(claims, {}, ("0000123456-00001", "DeviceUsage")) == []
+
+
+async def test_an_additive_account_of_the_same_billing_account_makes_it_inactive(
+    view: RecordingView,
+) -> None:
+    """Two ThingSpaceAccounts say opposite things of one billing account: nothing is
+    pruned, and the Authoritative one says why (its sightings were wiped silently)."""
+    view.live = listed(PERIOD, QoS="https://a").callbacks
+    rt = runtime()
+    twin = AccountSpec.parse("team-fleet", {**ACCOUNT_SPEC, "callbackPolicy": "Additive"})
+    rt.inventory.accounts[twin.name] = twin
+    ready = await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    assert view.deregistered == []
+    assert "ThingSpaceAccount team-fleet of the same billing account is Additive" in ready.message
