@@ -4,6 +4,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from tests.conftest import quiet_period
 from thingspace_operator.drift import DriftSweep, Tracked, window_start
 from thingspace_operator.handlers import _rival
 
@@ -192,7 +193,7 @@ async def test_run_resumes_once_the_start_up_is_complete() -> None:
 
     sweep.start(check, first=complete.wait)
     try:
-        await asyncio.sleep(0)
+        await quiet_period(0.05)  # time enough to check, were it not waiting
         assert not resumed.is_set()
         complete.set()
         await asyncio.wait_for(resumed.wait(), 5)

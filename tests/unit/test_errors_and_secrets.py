@@ -28,6 +28,7 @@ from thingspace_operator.thingspace.errors import (
     AuthenticationFailed,
     RateLimited,
     RequestRejected,
+    ThingSpaceError,
     Unavailable,
 )
 from thingspace_operator.thingspace.http import (
@@ -192,6 +193,39 @@ def test_display_url_of_a_url_python_cannot_split_still_drops_userinfo(
     """The CRD's pattern admits them; one such URL must not break status, export or
     `kubectl thingspace status` for everyone."""
     assert display_url(url) == shown
+
+
+async def echo_everything(request: web.Request) -> web.Response:
+    """A server that quotes back all it was sent, credentials included, in a 400."""
+    authorization = request.headers.get("Authorization", "")
+    basic = authorization.startswith("Basic ")
+    sent = base64.b64decode(authorization[6:]).decode() if basic else authorization
+    text = await request.text()
+    echoed = f"bad request: {sent} {text}"
+    return web.json_response({"error": "invalid", "error_description": echoed}, status=400)
+
+
+async def test_no_credential_is_echoed_back_from_any_call_that_sends_one() -> None:
+    """The token call's app secret, the login's password, a register's callback password:
+    a ThingSpace error that quotes its input must not carry them into messages."""
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", echo_everything)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        http = ThingSpaceHTTP(str(server.make_url("")), session, timeout_seconds=2.0)
+        failures = []
+        for call in (
+            http.fetch_token("app-key", "Zq9-app-secret"),
+            http.login("bearer", "user", "Zq9-uws-password"),
+            http.register(
+                SessionHeaders("t", "s"),
+                Callback("1-2", "QoS", "https://l.example/q", "cb-user", "Zq9-cb-password"),
+            ),
+        ):
+            with pytest.raises(ThingSpaceError) as caught:
+                await call
+            failures.append(str(caught.value))
+    assert all("bad request" in text for text in failures)  # the server did quote its input
+    assert not [text for text in failures if "Zq9" in text]
 
 
 async def test_a_password_in_the_listener_url_is_scrubbed_from_register_errors() -> None:
