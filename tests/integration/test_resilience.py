@@ -125,10 +125,12 @@ async def test_app_credential_rotation_gets_new_token_and_session(
             "password": "new-password",
         },
     )
-    await eventually(lambda: ctl.calls("login"), what="a login")
     await eventually(lambda: _equals(ctl.calls("login"), 2), timeout=5, what="second login")
     assert await ctl.calls("token") == 2
     assert ready(cluster, "qos")
+    # The new values were used, not the old ones again (the simulator accepts both).
+    assert "new-user" in {user for user, _ in sim.state.sessions.values()}
+    assert "new-key" in {app for app, _ in sim.state.tokens.values()}
 
 
 async def _equals(awaitable, value) -> bool:
