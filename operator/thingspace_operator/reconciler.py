@@ -542,7 +542,7 @@ async def _sync_locked(
     if trigger.check_only:
         return _correction_needed(desired, plan.drift)
     try:
-        await view.register(desired)
+        await register_over(view, desired, live)
     except ThingSpaceError as exc:
         return failure_outcome(exc, observed_live=(live,))
     # Ready rests on ThingSpace's 200: a list per write would double the account's calls,
@@ -620,6 +620,32 @@ def _let_go(reason: Exception) -> Outcome:
     return Outcome(
         synced=Condition(SYNCED, "True", Reason.RECONCILE_SUCCESS, skipped.message),
         event=skipped,
+    )
+
+
+async def register_over(view: AccountView, desired: Callback, live: Callback | None) -> None:
+    """Register ``desired`` in place of ``live``. Whether ThingSpace replaces a registration
+    on a second POST is not documented: where it refuses one that exists, deregister it
+    and register again (under the registration's lock, held by the caller). Any other
+    refusal leaves the live registration as it is."""
+    try:
+        await view.register(desired)
+    except RequestRejected as exc:
+        if live is None or not _already_registered(exc):
+            raise
+        log.info(
+            "ThingSpace keeps %s callbacks of account %s until they are deregistered; "
+            "replacing them",
+            desired.service_name,
+            desired.account_name,
+        )
+        await deregister(view, desired.service_name)
+        await view.register(desired)
+
+
+def _already_registered(refusal: RequestRejected) -> bool:
+    return refusal.status == 409 or any(
+        word in refusal.error_code.lower() for word in ("already", "duplicate", "exist")
     )
 
 

@@ -100,6 +100,47 @@ async def test_drift_is_corrected(start_operator: OperatorFactory, cluster: Clus
     await eventually(lambda: live(sim) is not None and live(sim).url == URL, what="re-registered")
 
 
+async def test_where_thingspace_refuses_a_second_post_a_change_replaces_the_registration(
+    start_operator: OperatorFactory, cluster: Cluster, sim
+) -> None:
+    """Whether ThingSpace replaces a registration on a second POST is not documented (the
+    reference, 3.4): where it answers "already registered", the operator deregisters and
+    registers again, for a spec change and for a drift correction alike."""
+    await sim_send(sim, "PUT", "/_sim/config", {"duplicate_register": "reject"})
+    await cluster.apply_secret("thingspace-credentials", DEMO)
+    await start_operator(resync_seconds=0.5)
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+
+    new_url = "https://listener.example.com/qos-v2"
+    await cluster.patch_callback("qos-events", {"spec": {"url": new_url}})
+    await eventually(lambda: live(sim).url == new_url, what="the URL replaced")
+    await eventually(lambda: ready(cluster, "qos-events"), what="Ready for the new URL")
+    assert cluster.condition("qos-events", "Synced")["reason"] == "ReconcileSuccess"
+
+    await sim_send(
+        sim, "PUT", f"/_sim/registrations/{ACCOUNT}/QoS", {"url": "https://evil.example/"}
+    )
+    await eventually(lambda: live(sim).url == new_url, what="drift corrected")
+
+
+async def test_a_refused_change_leaves_the_live_registration_alone(
+    operator, cluster: Cluster, sim
+) -> None:
+    """Only "already registered" leads to a deregistration: any other refusal (here a
+    port ThingSpace does not deliver to) keeps the registration that works."""
+    await sim_send(sim, "PUT", "/_sim/config", {"duplicate_register": "reject"})
+    await cluster.create_callback("qos-events")
+    await eventually(lambda: ready(cluster, "qos-events"))
+    await cluster.patch_callback(
+        "qos-events", {"spec": {"url": "https://listener.example.com:8444/qos"}}
+    )
+    await eventually(lambda: cluster.condition("qos-events", "Synced").get("reason") == "Rejected")
+    assert live(sim).url == URL
+    counts = sim.state.request_counts
+    assert sum(n for (endpoint, _, _), n in counts.items() if endpoint == "deregister") == 0
+
+
 async def test_delete_deregisters_and_releases(operator, cluster: Cluster, sim) -> None:
     await cluster.create_callback("qos-events")
     await eventually(lambda: ready(cluster, "qos-events"))
