@@ -92,17 +92,24 @@ def test_a_callback_files_its_claim_secrets_and_account() -> None:
     assert len(inventory.claims) == 0
 
 
+def file_owner_by_reference_and_younger_inline(inventory: Inventory) -> dict[str, Any]:
+    """team-a/qos-by-ref (registered in ACCOUNT through ThingSpaceAccount fleet) and the
+    younger team-b/qos-inline naming ACCOUNT itself; the first one's body."""
+    owner = callback("qos-by-ref", accountRef={"name": "fleet"})
+    owner["status"] = {"accountName": ACCOUNT}
+    inventory.callback_seen(owner)
+    younger = callback("qos-inline", "team-b", accountName=ACCOUNT)
+    younger["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z"
+    inventory.callback_seen(younger)
+    return owner
+
+
 def test_a_callback_by_reference_also_claims_the_account_it_registered_in() -> None:
     """Its ThingSpaceAccount gone (deleted, invalid, or re-created for another billing
     account), an older callback by reference still owns the registration it made: a
     younger one naming that account inline stays in Conflict instead of taking it."""
     inventory = Inventory()
-    older = callback("qos-by-ref", accountRef={"name": "fleet"})
-    older["status"] = {"accountName": ACCOUNT}
-    inventory.callback_seen(older)
-    younger = callback("qos-inline", "team-b", accountName=ACCOUNT)
-    younger["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z"
-    inventory.callback_seen(younger)
+    file_owner_by_reference_and_younger_inline(inventory)
     me = Claim("2026-11-02T00:00:00Z", "team-b", "qos-inline")
     for resolved in ({}, {"fleet": ACCOUNT}, {"fleet": "0000991199-00001"}):
         everyone = claims_for(inventory.claims, resolved, (ACCOUNT, "QoS"))
@@ -134,12 +141,7 @@ def test_a_deletion_hands_over_among_the_claims_on_the_account_it_registered_in(
     reference is judged among the claims on the account it registered in: the younger
     inline callback kept waiting there takes over, and is woken."""
     inventory = Inventory()
-    leaving = callback("qos-by-ref", accountRef={"name": "fleet"})
-    leaving["status"] = {"accountName": ACCOUNT}
-    inventory.callback_seen(leaving)
-    waiting = callback("qos-inline", "team-b", accountName=ACCOUNT)
-    waiting["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z"
-    inventory.callback_seen(waiting)
+    leaving = file_owner_by_reference_and_younger_inline(inventory)
     runtime = SimpleNamespace(account_names=lambda: {"fleet": "0000991199-00001"})
     ownership, heir = handlers._ownership(runtime, inventory.claims, leaving, "team-a")  # type: ignore[arg-type]
     assert ownership is Ownership.HANDOVER

@@ -73,7 +73,7 @@ def export(
 def _not_exportable(callback: Callback, options: ExportOptions) -> str:
     if callback.service_name not in CALLBACK_SERVICE_NAMES:
         return "not a service name the CRD accepts"
-    if display_url(callback.url) != callback.url and not options.include_credentials:
+    if _url_carries_credentials(callback) and not options.include_credentials:
         return "its URL carries credentials (user:password@); export with --include-credentials"
     return ""
 
@@ -104,8 +104,12 @@ def _callback_manifest(callback: Callback, options: ExportOptions) -> Exported:
         "metadata": _metadata(name, options),
         "spec": spec,
     }
-    secret_in_url = display_url(callback.url) != callback.url
-    return Exported(f"{name}.thingspacecallback.yaml", manifest, holds_secrets=secret_in_url)
+    holds_secrets = _url_carries_credentials(callback)
+    return Exported(f"{name}.thingspacecallback.yaml", manifest, holds_secrets=holds_secrets)
+
+
+def _url_carries_credentials(callback: Callback) -> bool:
+    return display_url(callback.url) != callback.url
 
 
 def _credentials_name(callback: Callback) -> str:
