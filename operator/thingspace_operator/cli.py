@@ -1,22 +1,33 @@
 """Command-line entry point ``thingspace-operator``: ``run`` and the gitops commands.
 
-kopf, the ``kubernetes`` client and the operator's modules are imported inside the
-functions: ``run`` must block the ``kubernetes`` package before anything imports kopf.
+Almost nothing is imported at the top: ``operator_main`` installs its SIGTERM handler
+before anything else loads, then binds the health port. kopf, the ``kubernetes``
+client and the operator's modules are imported inside the functions: ``run`` must block
+the ``kubernetes`` package before anything imports kopf.
 """
 
-import argparse
-import asyncio
 import gc
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from .config import OperatorConfig
-from .gitops.commands import Parser, add_commands, dispatch
+from .sigterm import exit_on_sigterm
+
+if TYPE_CHECKING:
+    import argparse
+    import socket
+
+    from .config import OperatorConfig
+    from .gitops.commands import Parser
 
 
 def operator_main(argv: Sequence[str] | None = None) -> int:
+    exit_on_sigterm()  # first: until the asyncio loop handles it, PID 1 would drop it
+    argv = list(sys.argv[1:] if argv is None else argv)
+    health = bind_health(os.environ) if argv[:1] == ["run"] and not names_health(argv) else None
+    from .gitops.commands import dispatch
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "run":
@@ -26,11 +37,41 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
         config = run_config(args)
     except ValueError as exc:
         parser.error(str(exc))
-    run_operator(config)
+    if health is not None and health.getsockname()[1] != config.health_port:
+        health.close()  # not expected (no --health-port given), but never the wrong port
+        health = None
+    run_operator(config, health)
     return 0
 
 
-def build_parser() -> Parser:
+def names_health(argv: Sequence[str]) -> bool:
+    """Does ``argv`` (maybe) set --health-port, in full or abbreviated as argparse allows?
+    Then the port is known only once parsed: not even briefly bind the environment's."""
+    return any(
+        len(flag) > 2 and "--health-port".startswith(flag)
+        for flag in (arg.split("=", 1)[0] for arg in argv)
+    )
+
+
+def bind_health(env: Mapping[str, str]) -> "socket.socket | None":
+    """The health port of the environment's settings, listening from the start (listen.py):
+    the kubelet's probes wait until the server answers them (runner.py) instead of being
+    refused while the operator imports and logs in."""
+    from .config import OperatorConfig
+    from .listen import listen_early
+
+    try:
+        port = OperatorConfig.from_env(env).health_port
+    except ValueError:
+        return None  # the settings are reported once parsed
+    return listen_early("0.0.0.0", port)  # noqa: S104 (probes come from the kubelet)
+
+
+def build_parser() -> "Parser":
+    import argparse
+
+    from .gitops.commands import Parser, add_commands
+
     parser = Parser(
         prog="thingspace-operator",
         description="Keep Verizon ThingSpace callback registrations equal to "
@@ -96,8 +137,10 @@ def build_parser() -> Parser:
     return parser
 
 
-def run_config(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> OperatorConfig:
+def run_config(args: "argparse.Namespace", env: Mapping[str, str] = os.environ) -> "OperatorConfig":
     """The environment's settings, with the flags of ``run`` over them."""
+    from .config import OperatorConfig
+
     return OperatorConfig.from_env(
         env,
         api_url=args.api_url,
@@ -127,14 +170,16 @@ def block_kubernetes() -> None:
         sys.modules["kubernetes"] = None  # type: ignore[assignment]
 
 
-def run_operator(config: OperatorConfig) -> None:
+def run_operator(config: "OperatorConfig", health: "socket.socket | None" = None) -> None:
+    import asyncio
+
     from . import runner
     from .kube.login import connect
 
     configure_logging(config)
     login = connect()  # before kopf: the leader election and the runtime need the cluster
     tune_gc()
-    asyncio.run(runner.run(config, login))
+    asyncio.run(runner.run(config, login, health))
 
 
 def tune_gc() -> None:
@@ -146,7 +191,9 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def configure_logging(config: OperatorConfig) -> None:
+def configure_logging(config: "OperatorConfig") -> None:
+    import logging
+
     import kopf
 
     kopf.configure(

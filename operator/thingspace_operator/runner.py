@@ -17,7 +17,7 @@ from pathlib import Path
 import kopf
 from aiohttp import web
 
-from . import logs
+from . import logs, sigterm
 from .config import OperatorConfig
 from .handlers import build_registry
 from .kube.leader import Fence, LeaderElector, LeaseConfig
@@ -25,11 +25,32 @@ from .kube.login import Login
 from .reconciler import Runtime
 
 log = logging.getLogger(__name__)
+#: Below the chart's readinessProbe timeoutSeconds (3).
+READYZ_WAIT_SECONDS = 2.0
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-async def run(config: OperatorConfig, login: Login) -> None:
-    """``login``: the cluster, found before kopf starts; kopf logs in through it too."""
+async def run(
+    config: OperatorConfig, login: Login, health_socket: socket.socket | None = None
+) -> None:
+    """``login``: the cluster, found before kopf starts; kopf logs in through it too.
+    ``health_socket``: the health port, bound early by the command (``cli.bind_health``).
+
+    SIGTERM and SIGINT stop it from its first step (kopf takes them over once it runs),
+    replacing the command's early exit (sigterm.py) and restoring it at the end."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await serve(config, login, health_socket, stop)
+    finally:
+        sigterm.hand_back(loop)
+
+
+async def serve(
+    config: OperatorConfig, login: Login, health_socket: socket.socket | None, stop: asyncio.Event
+) -> None:
     runtime = Runtime.create(config, login.connection)
     runtime.own_namespace = own_namespace(os.environ)
     logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
@@ -42,25 +63,25 @@ async def run(config: OperatorConfig, login: Login) -> None:
             on_change=lambda: runtime.metrics.leader.set(elector is not None and elector.leading),
         )
     runtime.metrics.leader.set(elector is None or elector.leading)
-    health = await serve_health(config.health_port, elector)
+    health = await serve_health(config.health_port, elector, health_socket)
     try:
         if elector is None:
-            await run_kopf(config, runtime, login, asyncio.Event())
+            await run_kopf(config, runtime, login, stop, own_identity(os.environ))
         else:
-            await lead(config, runtime, login, elector)
+            await lead(config, runtime, login, elector, stop)
     finally:
         await health.cleanup()
         runtime.metrics.stop()
 
 
 async def lead(
-    config: OperatorConfig, runtime: Runtime, login: Login, elector: LeaderElector
+    config: OperatorConfig,
+    runtime: Runtime,
+    login: Login,
+    elector: LeaderElector,
+    stop: asyncio.Event,
 ) -> None:
     """Wait for the Lease, act while it is held, release it after acting stopped."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)  # kopf takes these over once it runs
     log.info("Waiting to lead: lease %s/%s, identity %s", *elector.names, elector.config.identity)
     try:
         if await stand_by(elector, stop):
@@ -99,7 +120,9 @@ async def act(
     fence.start()
     keeper = asyncio.create_task(elector.keep(), name="lease renewal")
     await elector.announce(f"{identity} became leader")
-    operator = asyncio.create_task(run_kopf(config, runtime, login, stop), name="operator")
+    operator = asyncio.create_task(
+        run_kopf(config, runtime, login, stop, identity), name="operator"
+    )
     await asyncio.wait({keeper, operator}, return_when=asyncio.FIRST_COMPLETED)
     if not operator.done():
         fence.trip()  # renewal failed: act no more, now
@@ -121,12 +144,16 @@ async def cancel(task: "asyncio.Task[object]") -> None:
 
 
 async def run_kopf(
-    config: OperatorConfig, runtime: Runtime, login: Login, stop: asyncio.Event
+    config: OperatorConfig, runtime: Runtime, login: Login, stop: asyncio.Event, identity: str
 ) -> None:
     try:
         await kopf.operator(
             registry=build_registry(config, login),
             memo=kopf.Memo(runtime=runtime, stop_flag=stop),
+            # Without one, kopf derives it from getpass.getuser(), which raises for a uid
+            # that has no passwd entry (the image's 10001). kopf's Identity is an unexported
+            # NewType of str.
+            identity=identity,  # type: ignore[arg-type]
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
@@ -165,9 +192,12 @@ def own_namespace(env: Env) -> str:
         return "default"
 
 
-async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunner:
+async def serve_health(
+    port: int, elector: LeaderElector | None, sock: socket.socket | None = None
+) -> web.AppRunner:
     """/healthz: the process is alive (leader or standby). /readyz: who leads; 503 until
-    the Lease has been read once."""
+    the Lease has been read once (a probe waits up to READYZ_WAIT_SECONDS for that).
+    ``sock``: the port, already bound and listening."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -175,6 +205,9 @@ async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunne
     async def readyz(_: web.Request) -> web.Response:
         if elector is None:
             return web.json_response({"leaderElection": False, "leading": True})
+        # A probe in the first instants waits for the first Lease read rather than fail
+        # (every failed probe is a Warning Event); still unknown then, it is not ready.
+        known = await elector.wait_known(READYZ_WAIT_SECONDS)
         body = {
             "leaderElection": True,
             "identity": elector.config.identity,
@@ -182,12 +215,14 @@ async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunne
             "leading": elector.leading,
             "lease": f"{elector.config.namespace}/{elector.config.name}",
         }
-        known = elector.observed is not None or elector.leading
         return web.json_response(body, status=200 if known else 503)
 
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (probes come from the kubelet)
+    if sock is not None:
+        await web.SockSite(runner, sock).start()
+    else:
+        await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (probes come from the kubelet)
     return runner

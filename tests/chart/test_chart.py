@@ -685,3 +685,29 @@ def test_notes_of_an_install_without_namespaced_secrets_point_to_account_refs() 
     assert "spec.accountRef" in text
     assert "kubectl -n <namespace> create secret" not in text
     assert "kubectl -n <namespace> create secret" in notes()
+
+
+def test_a_startup_probe_on_the_health_port_holds_the_other_probes_back() -> None:
+    """Liveness and readiness are probed only once the server answers: each probe refused
+    while a process starts is a Warning Event on its pod."""
+
+    def container(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+        (found,) = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        return found
+
+    operator = container(render("--set", "health.port=9091"), "tso-thingspace-operator")
+    startup = operator["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {"name": "health", "containerPort": 9091, "protocol": "TCP"} in operator["ports"]
+    assert startup["periodSeconds"] == 1
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # a slow start
+    # The port listens early and holds a probe until the server answers (~1.5 s in).
+    assert startup["timeoutSeconds"] >= 3
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert operator[probe]["httpGet"]["port"] == "health"
+
+    simulator = container(render(*SIMULATOR), SIMULATOR_NAME)
+    startup = simulator["startupProbe"]
+    assert startup["httpGet"] == {"path": "/_sim/registrations", "port": "http"}
+    assert startup["periodSeconds"] == 1
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60

@@ -3,14 +3,17 @@ the settings, and the health endpoints. The elector's requests themselves run ag
 kube-apiserver in tests/e2e/test_leader_election.py."""
 
 import asyncio
+import contextlib
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
+from thingspace_operator import runner as runner_module
 from thingspace_operator.config import OperatorConfig
-from thingspace_operator.kube.leader import Fence, LeaseRecord, lease_spec, takeable
+from thingspace_operator.kube.leader import Fence, LeaseConfig, LeaseRecord, lease_spec, takeable
 from thingspace_operator.runner import lease_config, own_identity, serve_health
 
 
@@ -156,3 +159,48 @@ def test_health_answers_without_leader_election() -> None:
 def _get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, response.read()
+
+
+class _Elector:
+    """What /readyz reads of the leader elector; the Lease becomes known when told."""
+
+    def __init__(self) -> None:
+        self.config = LeaseConfig(namespace="ops", name="tso", identity="pod-a")
+        self.leader, self.leading = "pod-b", False
+        self.known = asyncio.Event()
+
+    async def wait_known(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.known.wait()
+        return self.known.is_set()
+
+
+def test_readyz_waits_for_the_first_lease_read_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A probe in the first instants is answered 200 once the Lease is read (a failed probe
+    is a Warning Event); one that waits longer than the probe's timeout allows gets 503."""
+
+    async def scenario(learn_after: float | None) -> int:
+        elector = _Elector()
+        runner = await serve_health(0, elector)  # type: ignore[arg-type]
+        port = runner.addresses[0][1]
+        if learn_after is not None:
+            asyncio.get_running_loop().call_later(learn_after, elector.known.set)
+        try:
+            status, _ = await asyncio.to_thread(_get_any, f"http://127.0.0.1:{port}/readyz")
+        finally:
+            await runner.cleanup()
+        return status
+
+    monkeypatch.setattr(runner_module, "READYZ_WAIT_SECONDS", 1.0)
+    assert asyncio.run(scenario(0.3)) == 200
+    assert asyncio.run(scenario(None)) == 503
+
+
+def _get_any(url: str) -> tuple[int, bytes]:
+    try:
+        return _get(url)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

@@ -2,12 +2,14 @@
 
 import base64
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.e2e.controlplane import free_port
 from tests.simctl import SimControl
 from thingspace_operator.simulator import SimulatorConfig, SimulatorServer, cli
 from thingspace_operator.simulator.state import DEMO_APPS, DEMO_USERS
@@ -414,3 +416,24 @@ def test_malformed_credentials_in_the_environment_exit_2_without_echoing_them(
     error = capsys.readouterr().err
     assert f"{variable}: entry 2 must look like {form}" in error
     assert "secret-7" not in error
+
+
+def test_the_simulator_listens_before_it_loads_its_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port accepts connections (probes) before the full parser, whose defaults load
+    aiohttp, is built; the server is handed that very socket."""
+    port = free_port()
+    full_parser = cli.serve_parser
+    handed: list[Any] = []
+
+    def parser_once_listening() -> Any:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # not refused
+        return full_parser()
+
+    monkeypatch.setattr(cli, "serve_parser", parser_once_listening)
+    monkeypatch.setattr(cli, "run_simulator", lambda *args: handed.append(args[3]))
+    cli.main(["--port", str(port)])
+    assert handed[0] is not None
+    assert handed[0].getsockname()[1] == port
+    handed[0].close()

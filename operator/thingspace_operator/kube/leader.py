@@ -132,11 +132,24 @@ class LeaderElector:
         self.leading = False
         self._changed = asyncio.Event()
         self._stop_renewing = asyncio.Event()
+        self._known = asyncio.Event()  # the Lease has been read (or written) once
 
     @property
     def leader(self) -> str:
         """The holder as last observed ("" if none)."""
         return self.observed.holder if self.observed is not None else ""
+
+    @property
+    def known(self) -> bool:
+        """Whether the Lease has been read or written once: who leads is known."""
+        return self._known.is_set()
+
+    async def wait_known(self, seconds: float) -> bool:
+        """``known``, waiting for it up to ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._known.wait()
+        return self.known
 
     @property
     def deadline(self) -> float:
@@ -279,6 +292,8 @@ class LeaderElector:
         if record is None or previous is None or record.version != previous.version:
             self._observed_at = time.monotonic()
         self.observed = record
+        if record is not None:
+            self._known.set()
         if (previous.holder if previous else None) != (record.holder if record else None):
             holder = record.holder if record is not None else ""
             if holder != self.config.identity:
@@ -292,6 +307,8 @@ class LeaderElector:
             self._on_change()
 
     def _set_leading(self, leading: bool) -> None:
+        if leading:
+            self._known.set()
         if leading != self.leading:
             self.leading = leading
             self._on_change()

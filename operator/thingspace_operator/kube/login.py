@@ -170,7 +170,9 @@ def current_user(env: Env) -> Mapping[str, Any]:
     """The user of the current context, the kubeconfig files merged as kopf merges them
     (the first file naming a setting wins)."""
     paths = (env.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)
-    configs = [_load(Path(path.strip()).expanduser()) for path in paths if path.strip()]
+    # os.path.expanduser leaves "~" as it is without HOME and passwd entry (the image's uid);
+    # Path.expanduser would raise.
+    configs = [_load(Path(os.path.expanduser(path.strip()))) for path in paths if path.strip()]
     current = next((c["current-context"] for c in configs if c.get("current-context")), None)
     context = _named(configs, "contexts", current).get("context") or {}
     return _named(configs, "users", context.get("user")).get("user") or {}

@@ -12,9 +12,28 @@ and ``samples`` (callback messages to listeners), ``control`` (``/_sim/``), ``se
 (the app) and ``cli`` (the ``thingspace-sim`` command).
 """
 
-from .delivery import Deliveries, Delivery
-from .server import SimulatorServer, create_app, run_simulator
-from .state import DEMO_APPS, DEMO_USERS, Registration, SimulatorConfig, SimulatorState
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .delivery import Deliveries, Delivery
+    from .server import SimulatorServer, create_app, run_simulator
+    from .state import DEMO_APPS, DEMO_USERS, Registration, SimulatorConfig, SimulatorState
+
+# Imported on first use, not with the package: ``thingspace-sim`` (cli.py) installs its
+# SIGTERM handler before aiohttp and the rest load.
+_MODULES = {
+    "Deliveries": "delivery",
+    "Delivery": "delivery",
+    "SimulatorServer": "server",
+    "create_app": "server",
+    "run_simulator": "server",
+    "DEMO_APPS": "state",
+    "DEMO_USERS": "state",
+    "Registration": "state",
+    "SimulatorConfig": "state",
+    "SimulatorState": "state",
+}
 
 __all__ = [
     "DEMO_APPS",
@@ -28,3 +47,11 @@ __all__ = [
     "create_app",
     "run_simulator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -5,26 +5,33 @@ left out); accepted credentials may also come from ``THINGSPACE_SIM_APPS`` and
 ``THINGSPACE_SIM_USERS``, which keep secrets out of argv. ``thingspace-sim send --account A
 --service S [--payload FILE] [--wait]`` asks a running simulator to deliver one callback
 message to what is registered there.
+
+aiohttp and the simulator's modules are imported inside the functions, after ``main``
+has installed its SIGTERM handler (the package imports them lazily too).
 """
 
 import argparse
-import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+from ..listen import listen_early
+from ..sigterm import exit_on_sigterm
 
-from .server import run_simulator
-from .state import DEMO_APPS, DEMO_USERS, SimulatorConfig
+if TYPE_CHECKING:
+    import socket
+
+    import aiohttp
+
+    from .state import SimulatorConfig
 
 DEFAULT_SIM_URL = "http://127.0.0.1:8088"
 POLL_SECONDS = 0.1
-#: Serve flags (``--session-idle-seconds`` ...) for these settings, defaults from the config.
+#: Serve flags (``--session-idle-seconds`` ...) for these settings, defaults from
+#: ``SimulatorConfig``.
 TIME_SETTINGS = {
     "session_idle_seconds": "idle time after which session tokens expire",
     "delivery_retry_seconds": "wait between attempts to deliver a callback message",
@@ -37,6 +44,7 @@ USERS_ENV = "THINGSPACE_SIM_USERS"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    exit_on_sigterm()  # first: until aiohttp handles it, PID 1 would drop it
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["send"]:
         return send_main(args[1:])
@@ -56,6 +64,11 @@ def seconds(value: str) -> float:
 
 
 def serve_main(argv: Sequence[str]) -> int:
+    import logging
+
+    # Probes wait in its backlog while aiohttp loads (the full parser's defaults need it),
+    # instead of being refused (listen.py).
+    listener = listen_before_loading(argv)
     parser = serve_parser()
     args = parser.parse_args(argv)
     try:
@@ -63,11 +76,36 @@ def serve_main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_simulator(args.host, args.port, config)
+    run_simulator(args.host, args.port, config, listener)
+    exit_on_sigterm()  # aiohttp reset SIGTERM to the default as it stopped
     return 0
 
 
+def listen_before_loading(argv: Sequence[str]) -> "socket.socket | None":
+    """The port of --host and --port, read alone: not for --help."""
+    if {"-h", "--help"} & set(argv):
+        return None
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--host", default="127.0.0.1")
+    early.add_argument("--port", type=int, default=8088)
+    try:
+        known, _ = early.parse_known_args(argv)
+    except SystemExit:  # a malformed --port: the full parser says so
+        return None
+    return listen_early(known.host, known.port)
+
+
+def run_simulator(
+    host: str, port: int, config: "SimulatorConfig", listener: "socket.socket | None" = None
+) -> None:
+    from . import server  # aiohttp: only now
+
+    server.run_simulator(host, port, config, listener)
+
+
 def serve_parser() -> argparse.ArgumentParser:
+    from .state import SimulatorConfig
+
     parser = argparse.ArgumentParser(
         prog="thingspace-sim",
         usage="%(prog)s [serve] [options]",
@@ -135,8 +173,10 @@ def _credentials(
 
 def config_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> SimulatorConfig:
+) -> "SimulatorConfig":
     """The serve configuration from ``args`` and the credentials in ``environ``."""
+    from .state import DEMO_APPS, DEMO_USERS, SimulatorConfig
+
     environ = environ or {}
     apps = _credentials(environ, APPS_ENV, args.app, "--app", "KEY:SECRET")
     users = _credentials(environ, USERS_ENV, args.user, "--user", "NAME:PASSWORD")
@@ -195,6 +235,8 @@ def send_main(argv: Sequence[str]) -> int:
             ]
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    import asyncio
+
     try:
         delivered = asyncio.run(_send(args.sim_url.rstrip("/"), body, args.wait, args.wait_timeout))
     except SendFailed as exc:
@@ -211,6 +253,10 @@ def _device(value: str) -> tuple[str, str]:
 
 
 async def _send(url: str, body: dict[str, Any], wait: bool, give_up: float | None) -> bool:
+    import asyncio
+
+    import aiohttp
+
     async with aiohttp.ClientSession() as http:
         accepted = await _call(http, "POST", f"{url}/_sim/deliveries", body)
         print(json.dumps(accepted), flush=True)
@@ -228,7 +274,9 @@ async def _send(url: str, body: dict[str, Any], wait: bool, give_up: float | Non
             raise SendFailed(f"still pending after {give_up:g} s") from None
 
 
-async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+async def _call(http: "aiohttp.ClientSession", method: str, url: str, body: Any = None) -> Any:
+    import aiohttp
+
     try:
         async with http.request(method, url, json=body) as response:
             answer = await response.json(content_type=None)

@@ -1,8 +1,10 @@
 """The simulator as an aiohttp app, on a local port (tests) or as a process (the CLI)."""
 
 import logging
+import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -63,6 +65,10 @@ class SimulatorServer:
         await self._runner.cleanup()
 
 
-def run_simulator(host: str, port: int, config: SimulatorConfig) -> None:
+def run_simulator(
+    host: str, port: int, config: SimulatorConfig, listener: socket.socket | None = None
+) -> None:
+    """Serve on ``listener`` when given (already bound to ``host:port``), else bind."""
     print(f"thingspace-sim listening on http://{host}:{port}", flush=True)
-    web.run_app(create_app(config), host=host, port=port, print=None, access_log=log)
+    where: dict[str, Any] = {"sock": listener} if listener else {"host": host, "port": port}
+    web.run_app(create_app(config), print=None, access_log=log, **where)
