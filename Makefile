@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: demo test lint format typecheck unit integration e2e controlplane chart tools schema bench clean
+.PHONY: nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,27 @@ controlplane:
 	@if command -v go >/dev/null 2>&1; then bash tools/ensure_controlplane.sh >/dev/null; \
 	else echo "######## Go not found: the real-control-plane layer (tests/e2e) will be SKIPPED ########"; fi
 
-## test: lint, type-check and run the whole test suite (the e2e layer too when Go is there)
-test: lint typecheck $(HELM) controlplane
+## node: build (or reuse) the real node of tests/node: containerd, CoreDNS and the operator
+## image (needs root and Go; Debian's runc, CNI plugins and podman are installed if missing)
+node: $(STAMP) controlplane
+	bash tools/node_packages.sh
+	$(BIN)/python -m tests.node.cluster --build
+
+## image: build the operator image from the Dockerfile with podman (IMAGE=name:tag)
+IMAGE ?= localhost/thingspace-operator:dev
+image:
+	$(PYTHON) tools/build_image.py --tag $(IMAGE)
+
+## test: lint, type-check and run the whole test suite (the e2e and node layers too when
+## Go is there, the node layer as root)
+test: lint typecheck $(HELM) controlplane node
 	$(BIN)/pytest
 
 e2e: $(STAMP) $(HELM) controlplane
 	$(BIN)/pytest tests/e2e
+
+nodetest: $(STAMP) $(HELM) node
+	$(BIN)/pytest tests/node
 
 chart: $(STAMP) $(HELM)
 	$(BIN)/pytest tests/chart

@@ -1,7 +1,8 @@
-// Command k8s-testbin is the project's test control plane: one static binary that runs a
-// real kube-apiserver, kube-controller-manager or embedded etcd, each in its own process
-// (the first argument picks which), and kubectl of the same release when invoked through a
-// link named kubectl. Built by tools/ensure_controlplane.sh; used by tests/e2e.
+// Command k8s-testbin is the project's test cluster: one static binary that runs a real
+// kube-apiserver, kube-controller-manager, embedded etcd, and the node's kubelet,
+// kube-scheduler and kube-proxy, each in its own process (the first argument picks which),
+// and kubectl of the same release when invoked through a link named kubectl. Built by
+// tools/ensure_controlplane.sh; used by tests/e2e and tests/node.
 package main
 
 import (
@@ -31,9 +32,12 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-const usage = "usage: k8s-testbin kube-apiserver FLAGS... | kube-controller-manager FLAGS... | etcd -data-dir DIR [-client-port N] | etcd-compact ETCD_URL; as kubectl through a link named kubectl"
+const usage = "usage: k8s-testbin kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet FLAGS... | etcd -data-dir DIR [-client-port N] | etcd-compact ETCD_URL; as kubectl through a link named kubectl"
 
 func main() {
 	if filepath.Base(os.Args[0]) == "kubectl" {
@@ -52,6 +56,18 @@ func main() {
 	case "kube-controller-manager":
 		// Its own process: the two components register global feature gates.
 		cmd := controllermanager.NewControllerManagerCommand()
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "kube-scheduler":
+		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "kube-proxy":
+		cmd := proxy.NewProxyCommand()
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "kubelet":
+		cmd := kubelet.NewKubeletCommand(context.Background())
 		cmd.SetArgs(os.Args[2:])
 		os.Exit(cli.Run(cmd))
 	case "etcd":

@@ -63,20 +63,11 @@ def unique(prefix: str) -> str:
 # --- the simulator -----------------------------------------------------------------------
 
 
-class Simulator:
-    """``thingspace-sim`` as its own process, driven through /_sim/ like the demo does."""
+class SimulatorApi:
+    """A running ``thingspace-sim`` at ``url``, driven through /_sim/ like the demo does."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = (workdir / f"sim-{self.port}.log").open("wb")
-        self._process = subprocess.Popen(
-            [str(SCRIPTS / "thingspace-sim"), "--port", str(self.port)],
-            stdout=self._log,
-            stderr=self._log,
-            preexec_fn=die_with_parent,
-        )
-        eventually(lambda: self.request("GET", "registrations") is not None, 20, "simulator up")
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -99,6 +90,22 @@ class Simulator:
 
     def writes(self) -> int:
         return self.calls("register") + self.calls("deregister")
+
+
+class Simulator(SimulatorApi):
+    """``thingspace-sim`` as its own process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}")
+        self._log = (workdir / f"sim-{self.port}.log").open("wb")
+        self._process = subprocess.Popen(
+            [str(SCRIPTS / "thingspace-sim"), "--port", str(self.port)],
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=die_with_parent,
+        )
+        eventually(lambda: self.request("GET", "registrations") is not None, 20, "simulator up")
 
     def stop(self) -> None:
         self._process.terminate()

@@ -82,9 +82,13 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def write_certificates(directory: Path) -> None:
-    """A throwaway CA, the serving certificate, the admin client certificate, the
-    service-account signing key."""
+def write_certificates(
+    directory: Path,
+    addresses: Sequence[str] = ("127.0.0.1",),
+    more: dict[str, tuple[str, str]] | None = None,
+) -> None:
+    """A throwaway CA, the serving certificate (for ``addresses``), the admin client
+    certificate, the service-account signing key; ``more``: name -> (subject, extensions)."""
     d = directory
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(d / "sa.key"))
     _openssl(
@@ -95,10 +99,13 @@ def write_certificates(directory: Path) -> None:
     leaves = {
         "apiserver": (
             "/CN=kube-apiserver",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
+            "subjectAltName="
+            + ",".join(f"IP:{address}" for address in addresses)
+            + ",DNS:localhost,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
             "extendedKeyUsage=serverAuth",
         ),
         "admin": ("/O=system:masters/CN=e2e-admin", "extendedKeyUsage=clientAuth"),
+        **(more or {}),
     }
     for name, (subject, extensions) in leaves.items():
         (d / f"{name}.ext").write_text(extensions + "\n")

@@ -1,0 +1,3 @@
+module thingspace-operator/tests/node/parts/pause
+
+go 1.26
