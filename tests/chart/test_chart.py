@@ -150,7 +150,7 @@ def test_schema_descriptions_span_continued_comment_lines() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     described = schema["properties"]["resources"]["description"]
     assert described.startswith("Resources of the operator container. Measured peak memory")
-    assert described.endswith("(docs/benchmarks.md).")
+    assert described.endswith("(docs/operations.md).")
 
 
 def test_chart_ships_exactly_the_crds_in_crds() -> None:
