@@ -736,11 +736,18 @@ METHOD_NOTES = """
   a kopf operator with the same kopf settings that only writes Ready and posts an Event
   (`bench/floor_operator.py`): the same three writes and watch events per resource, no
   ThingSpace call. The difference in CPU per resource is the operator's own work.
+- **Deleting the fleet** (`python -m bench.realcp`; `--only-delete` for this alone, on the
+  real control plane): the converged fleet deleted with `kubectl delete tscb --all --wait`;
+  when kubectl's DELETEs had taken effect, the first and the last deregistration, when the
+  last callback was gone and when kubectl returned; the same command over as many callbacks
+  no operator holds (kubectl's own time); ThingSpace calls, the operator's Kubernetes
+  writes and retries.
 
 Run with `make bench` (defaults) or `python -m bench.run --help` (`python -m bench.handover
---help` for the handover). A tiny version runs in the test suite
-(`tests/integration/test_bench_smoke.py`) so the harness cannot rot. What the figures mean,
-what they changed and what is still off target: [performance.md](performance.md).
+--help` for the handover, `python -m bench.realcp --help` for the real control plane). A
+tiny version runs in the test suite (`tests/integration/test_bench_smoke.py`,
+`tests/e2e/test_bench_realcp.py`) so the harness cannot rot. What the figures mean, what
+they changed and what is still off target: [performance.md](performance.md).
 
 Accounts: ThingSpace holds one registration per account and callback service (23 names),
 so N resources need at least N / 23 accounts; the harness raises M to that when needed

@@ -3,7 +3,7 @@ control plane), kept when bench.run rewrites the rest of the file."""
 
 import re
 
-NAMES = ("handover", "realcp", "floor")
+NAMES = ("handover", "realcp", "realcp-delete", "floor")
 
 
 def _pattern(name: str) -> str:

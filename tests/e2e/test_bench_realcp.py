@@ -20,3 +20,14 @@ def test_the_real_control_plane_benchmark_runs_within_its_bounds(plane: Cluster)
     assert restart.writes == 0, restart.verbs
     assert figures.steady_writes_per_period == 0
     assert "| S6 restart |" in realcp.render(figures, args)
+    # The deletion: each handled once, one deregister, the finalizer's removal and an Event.
+    deletion = figures.deletion
+    assert deletion is not None
+    assert deletion.calls.get("deregister") == 12, deletion.calls
+    assert (deletion.handled, deletion.retried) == (12, 0)
+    assert deletion.verbs["patch"] == 12, deletion.verbs
+    assert deletion.verbs["create"] == 12, deletion.verbs
+    assert deletion.writes == 24, deletion.verbs
+    assert deletion.wait_gets == 12  # kubectl's wait: one GET per callback
+    assert deletion.first_deregister <= deletion.last_deregister
+    assert "kubectl's wait" in realcp.render_deletion(figures, args)

@@ -323,6 +323,62 @@ async def test_converging_costs_three_kubernetes_writes_per_resource_and_the_tig
     }
 
 
+async def test_deleting_a_fleet_at_once_handles_each_deletion_once_with_two_writes(
+    start_operator: OperatorFactory,
+    cluster: Cluster,
+    ctl: SimControl,
+    k8s,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each deletion of a burst is handled once, as soon as kopf shows it: one deregister,
+    the finalizer's removal and one Deregistered Event. No retry (which would patch kopf's
+    progress annotations and wait out a backoff), no wait for the operator's own watch
+    that gives up, no status write: nothing else. (How long `kubectl delete --wait` takes
+    is kubectl's: docs/performance.md, "Deleting many callbacks".)"""
+    accounts = ["0000000001-00001", "0000000002-00001"]
+    pairs = [(a, s) for a in accounts for s in CALLBACK_SERVICE_NAMES[:15]]
+    names = [f"cb-{i}" for i in range(len(pairs))]
+    await cluster.apply_secret("thingspace-credentials", DEMO_CREDENTIALS)
+    # A retry would be in plain sight: the first one waits at least 5 s.
+    await start_operator(retry_base_seconds=10.0, retry_max_seconds=10.0)
+    await asyncio.gather(
+        *(
+            cluster.create_callback(name, accountName=a, serviceName=s, url=f"{URL}/{name}")
+            for name, (a, s) in zip(names, pairs, strict=True)
+        )
+    )
+    await eventually(lambda: all(ready(cluster, n) for n in names), timeout=30, what="Ready")
+    await quiet_period(1.0)  # Events and status patches trailing the last Ready
+    await ctl.request("DELETE", "requests")
+    k8s.resource_counts = None
+    caplog.clear()
+
+    await asyncio.gather(*(cluster.delete_callback(name) for name in names))
+    await eventually(
+        lambda: all(cluster.callback(n) is None for n in names), timeout=30, what="all gone"
+    )
+    await quiet_period(1.0)  # Events trailing the last finalizer
+    writes = {
+        key: n
+        for key, n in k8s.resource_counts.items()
+        if key[0] in ("POST", "PATCH", "PUT", "DELETE")
+    }
+    deleted = len(names)
+    assert writes == {
+        ("DELETE", "thingspacecallbacks"): deleted,  # the test's own
+        ("PATCH", "thingspacecallbacks"): deleted,  # the finalizer's removal, once each
+        ("POST", "events"): deleted,
+    }
+    assert all(cluster.event_reasons(n).count("Deregistered") == 1 for n in names)
+    retried = [r.getMessage() for r in caplog.records if "failed temporarily" in r.getMessage()]
+    assert retried == []
+    assert "to show the deletion" not in caplog.text
+    counts = await ctl.counts()
+    assert counts.pop(("deregister", 200)) == deleted
+    assert set(counts) <= {("list", 200)}  # one look before each account's deregisters
+    assert await ctl.registrations() in ({}, {a: [] for a in accounts})
+
+
 async def test_kopf_holds_no_more_connections_to_the_api_server_than_its_pool(
     start_operator: OperatorFactory, cluster: Cluster, k8s, monkeypatch: pytest.MonkeyPatch
 ) -> None:
