@@ -13,6 +13,7 @@ from typing import Any
 from .account import AccountSpec, CallbackPolicy
 from .kube.claims import ACCOUNT_REF, Claim, claims_for, owner_among
 from .kube.listwatch import WatchEvent
+from .kube.login import OwnNamespace
 from .kube.status import (
     Condition,
     changed_fields,
@@ -26,6 +27,7 @@ from .reconciler import (
     READY,
     Runtime,
     Sighting,
+    account_secret,
     account_view,
     deregister,
     failure_outcome,
@@ -49,6 +51,7 @@ async def account_changed(runtime: Runtime, event: WatchEvent) -> None:
     if event.type == "DELETED":
         runtime.inventory.account_gone(name)
         runtime.account_bodies.pop(name, None)
+        runtime.accounts_left.pop(name, None)
         seen = None
     else:
         seen = _filed(runtime, name, event.object.get("spec"))
@@ -94,6 +97,7 @@ async def report_one(
 ) -> None:
     """Write the account's status if it changed; never raises (logged instead)."""
     if not reports(runtime, body):
+        note_left(runtime, name, body)
         return
     try:
         changes = await status_changes(runtime, claims, name, body, not_before)
@@ -252,6 +256,49 @@ def reports(runtime: Runtime, body: Mapping[str, Any]) -> bool:
     return ref.get("namespace") in (None, "", runtime.own_namespace)
 
 
+def namespace_notice(found: OwnNamespace) -> str:
+    """The start-up line: the operator's namespace, where it came from, and what it means
+    for ThingSpaceAccounts (README, Several releases)."""
+    return (
+        f"Operator namespace: {found.name} (from {found.source}). A ThingSpaceAccount's "
+        f"credentialsSecretRef without a namespace means a Secret in {found.name}; this "
+        f"operator writes the status of the accounts whose credentialsSecretRef.namespace is "
+        f"{found.name} or empty, and leaves every other account's status to the release "
+        "installed in that namespace"
+    )
+
+
+def note_left(runtime: Runtime, name: str, body: Mapping[str, Any]) -> None:
+    """Say once why the account's status is not written here: at INFO, as several releases
+    each report their own accounts; at WARNING when callbacks this operator reconciles use
+    it (one release should hold an account and its callbacks: with no release in that
+    namespace, nobody writes the account's status)."""
+    ref = (body.get("spec") or {}).get("credentialsSecretRef") or {}
+    namespace = str(ref.get("namespace"))
+    used = bool(runtime.inventory.account_users.get(name))
+    level = logging.WARNING if used else logging.INFO
+    noted = runtime.accounts_left.get(name)
+    if noted is not None and noted[0] == namespace and noted[1] >= level:
+        return
+    runtime.accounts_left[name] = (namespace, level)
+    advice = (
+        f". Callbacks this operator reconciles use it: unless a release of the operator runs "
+        f"in {namespace}, run this one there (POD_NAMESPACE, or the namespace of the "
+        "kubeconfig's context) or the account gets no condition, counts or Events"
+        if used
+        else ""
+    )
+    log.log(
+        level,
+        "ThingSpaceAccount %s: its status is left to the release in namespace %s, where its "
+        "credentialsSecretRef is; this operator's namespace is %s%s",
+        name,
+        namespace,
+        runtime.own_namespace,
+        advice,
+    )
+
+
 def _parsed(name: str, spec: Mapping[str, Any]) -> AccountSpec | None:
     try:
         return AccountSpec.parse(name, spec)
@@ -272,7 +319,7 @@ async def observe(
         view = await account_view(account, runtime)
         await view.observe(not_before)
     except Exception as exc:
-        failed = failure_outcome(exc).synced
+        failed = failure_outcome(exc, secret=account_secret(account, runtime)).synced
         return Condition(READY, "False", failed.reason, failed.message), None, account.account_name
     observation = view.cached
     count = len(observation.callbacks) if observation else 0

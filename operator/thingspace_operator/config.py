@@ -48,8 +48,8 @@ class OperatorConfig:
     """Run as one of several replicas: act only while holding the leader Lease."""
 
     leader_election_namespace: str = ""
-    """Namespace of the Lease; empty: the pod's namespace (POD_NAMESPACE or the service
-    account's), else ``default``."""
+    """Namespace of the Lease; empty: the operator's namespace (POD_NAMESPACE, the service
+    account's, the kubeconfig context's), else ``default``."""
 
     leader_election_id: str = "thingspace-operator"
     """Name of the Lease."""

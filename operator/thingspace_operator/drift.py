@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .kube.claims import Claim, claim_key, claim_of
+from .kube.claims import ACCOUNT_REF, Claim, claim_key, claim_of
 from .model import KOPF_ANNOTATION_PREFIX, KOPF_EARLIER_DIFFBASE_KEY
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class DriftSweep:
         self._before_each: Callable[[], Awaitable[None]] | None = None
         self._after_each: Callable[[float], Awaitable[None]] | None = None
         self.sweeps = 0
+        self.account_names: Callable[[], Mapping[str, str]] = dict
+        """ThingSpaceAccount name -> billing account, for log lines (set by the runtime)."""
 
     def start(
         self,
@@ -202,9 +204,18 @@ class DriftSweep:
         return self._tracked.get(key)
 
     def registration_of(self, key: Key) -> tuple[str, str] | None:
-        """(account, service) of a known resource, for log lines."""
+        """(account, service) of a known resource, for log lines. The account of a callback
+        by ``accountRef`` is the billing account it registers in (as its status records
+        it), else the one its ThingSpaceAccount holds, else ``ThingSpaceAccount/<name>``."""
         tracked = self._tracked.get(key)
-        return tracked.registration if tracked else None
+        if tracked is None or tracked.registration is None:
+            return None
+        account, service = tracked.registration
+        if account.startswith(ACCOUNT_REF):
+            recorded = tracked.status.get("accountName")
+            held = self.account_names().get(account.removeprefix(ACCOUNT_REF))
+            account = str(recorded or held or account)
+        return account, service
 
     def __len__(self) -> int:
         return len(self._tracked)

@@ -49,7 +49,7 @@ from .model import (
     VERSION,
 )
 from .plan import Ownership
-from .reconciler import READY, Outcome, Runtime, Trigger
+from .reconciler import READY, Outcome, Reason, Runtime, Trigger
 from .thingspace.models import display_url
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,13 @@ SHOWN_WAIT = 10.0
 ClaimsIndex = Mapping[tuple[str, str], Iterable[Claim]]
 SecretUsers = Mapping[tuple[str, str], Iterable[str]]  # (namespace, Secret) -> names
 RECONCILE_REQUESTED_FIELD = ("metadata", "annotations", RECONCILE_REQUESTED_ANNOTATION)
+#: Synced reasons of a state someone chose (Suspended) or must change (the others), not a
+#: fault: the status and a Warning Event (none for Suspended) report it, and it is logged
+#: once as it starts, at WARNING (INFO for Suspended). kopf's ERROR "Handler ... failed
+#: permanently" on every change of such a resource is for faults only.
+REPORTED_STATES = frozenset(
+    {Reason.SUSPENDED, Reason.CONFLICT, Reason.ACCOUNT_NOT_ALLOWED, Reason.ACCOUNT_REQUIRED}
+)
 
 
 def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistry:
@@ -397,7 +404,7 @@ def report(
     desired = desired_status(outcome, status, meta.get("generation"), deleting, refresh)
     for key, value in changed_fields(status, desired).items():
         patch.status[key] = value
-    post_event(body, outcome, status)
+    post_event(body, outcome, status, runtime.account_names() if runtime is not None else None)
     if runtime is not None:
         drift_corrected = outcome.event is not None and outcome.event.reason == "DriftCorrected"
         runtime.metrics.observe_reconcile(trigger, outcome.synced.reason, drift_corrected)
@@ -460,32 +467,69 @@ def desired_status(
     return desired
 
 
-def post_event(body: kopf.Body, outcome: Outcome, status: Mapping[str, Any]) -> None:
-    """Post the outcome's Event and log it; a state already reported is not repeated."""
+def post_event(
+    body: kopf.Body,
+    outcome: Outcome,
+    status: Mapping[str, Any],
+    account_names: Mapping[str, str] | None = None,
+) -> None:
+    """Post the outcome's Event and log it; a state already reported is not repeated. A
+    failed sync without an Event (Suspended) is logged at INFO when it starts.
+    ``account_names``: ThingSpaceAccount -> billing account, for the log line."""
     event = outcome.event
+    line = (body, outcome, status, account_names or {})
     if event is None:
+        synced = outcome.synced
+        if not outcome.succeeded and condition(status, "Synced").get("reason") != synced.reason:
+            log_about(*line, logging.INFO, synced.reason, synced.message)
         return
     if event.news_of and condition(status, event.news_of).get("reason") == event.reason:
         return
     kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    spec = body.get("spec") or {}
     level = logging.INFO if event.type == "Normal" else logging.WARNING
-    # kopf adds namespace/name to every line; account and service make it findable too.
+    log_about(*line, level, event.reason, event.message)
+
+
+def log_about(
+    body: kopf.Body,
+    outcome: Outcome,
+    status: Mapping[str, Any],
+    account_names: Mapping[str, str],
+    level: int,
+    reason: str,
+    message: str,
+) -> None:
+    """One line about the resource, naming the account and service it registers (also as
+    the ``account`` and ``service`` fields of a JSON line): by ``accountRef``, the billing
+    account its status records, else the one its ThingSpaceAccount holds."""
+    spec, meta = body.get("spec") or {}, body.get("metadata") or {}
+    ref = spec.get("accountRef")
+    ref_name = str(ref.get("name")) if isinstance(ref, Mapping) else ""
+    account = (
+        outcome.account
+        or spec.get("accountName")
+        or status.get("accountName")
+        or account_names.get(ref_name)
+        or (f"ThingSpaceAccount/{ref_name}" if ref_name else "")
+    )
+    service = spec.get("serviceName")
     log.log(
         level,
         "%s [account=%s service=%s %s/%s]: %s",
-        event.reason,
-        spec.get("accountName"),
-        spec.get("serviceName"),
-        body.get("metadata", {}).get("namespace"),
-        body.get("metadata", {}).get("name"),
-        event.message,
+        reason,
+        account,
+        service,
+        meta.get("namespace"),
+        meta.get("name"),
+        message,
+        extra={"account": account, "service": service},
     )
 
 
 def raise_for_retry(outcome: Outcome, retry: int, config: OperatorConfig) -> None:
-    """Transient failures retry with backoff; permanent ones wait for a change or a drift check."""
-    if outcome.succeeded:
+    """Transient failures retry with backoff; permanent ones wait for a change or a drift
+    check. A reported state (REPORTED_STATES) is no failure of the handler."""
+    if outcome.succeeded or outcome.synced.reason in REPORTED_STATES:
         return
     if outcome.transient:
         delay = outcome.retry_after or backoff(retry, config)

@@ -108,11 +108,13 @@ class Runtime:
     inventory_task: "asyncio.Task[None] | None" = None
     own_namespace: str = "default"
     """Where an account's credentials Secret is when its ref names no namespace."""
+    accounts_left: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Accounts whose status another release writes, as logged: (its namespace, level)."""
 
     @classmethod
     def create(cls, config: OperatorConfig, connection: KubeConnection) -> "Runtime":
         metrics = Metrics()
-        return cls(
+        runtime = cls(
             config=config,
             secrets=SecretReader(connection),
             resources=CallbackResources(connection),
@@ -129,6 +131,8 @@ class Runtime:
             metrics=metrics,
             sweep=DriftSweep(config.resync_seconds),
         )
+        runtime.sweep.account_names = runtime.account_names  # log lines name accounts
+        return runtime
 
     def forget_callback(self, namespace: str, name: str) -> None:
         """The callback is gone: its claim, Secret and account uses, and its drift checks.
@@ -405,12 +409,14 @@ async def sync(
     ``rival`` is the older resource that owns the same registration, if any: then this
     one reports the conflict and makes no ThingSpace call at all.
     """
+    secret = ""  # namespace/name of the credentials Secret, once known
     try:
         spec = CallbackSpec.parse(spec_body)
         if spec.suspend:
             return _suspended()
         check_secrets_allowed(spec, runtime.config)
         spec = await resolve_account(namespace, spec, runtime, trigger.secrets_fresh_after)
+        secret = credentials_secret(namespace, spec, runtime)
         if recorded_account and recorded_account != spec.account_name:
             raise InvalidSpec(
                 f"this resource registers in account {recorded_account}; its accountRef now "
@@ -421,10 +427,10 @@ async def sync(
             return replace(_conflict(spec, rival), account=spec.account_name)
         desired, view = await _prepare(namespace, spec, runtime, trigger.secrets_fresh_after)
         async with runtime.lock_for(spec.account_name, spec.service_name):
-            outcome = await _sync_locked(spec, desired, view, runtime, trigger)
+            outcome = await _sync_locked(spec, desired, view, runtime, trigger, secret)
         return replace(outcome, account=spec.account_name)
     except Exception as exc:
-        return _through_account(failure_outcome(exc), spec_body)
+        return _through_account(failure_outcome(exc, secret=secret), spec_body)
 
 
 def _through_account(outcome: Outcome, spec_body: Mapping[str, Any]) -> Outcome:
@@ -490,6 +496,20 @@ def check_secrets_allowed(spec: CallbackSpec, config: OperatorConfig) -> None:
         )
 
 
+def credentials_secret(namespace: str, spec: CallbackSpec, runtime: Runtime) -> str:
+    """``namespace/name`` of the Secret whose app key and UWS login the (resolved) spec
+    uses: its account's, or its own."""
+    account = runtime.account(spec.account_ref) if spec.account_ref else None
+    if account is not None:
+        return account_secret(account, runtime)
+    return f"{namespace}/{spec.credentials_secret}"
+
+
+def account_secret(account: AccountSpec, runtime: Runtime) -> str:
+    """``namespace/name`` of a ThingSpaceAccount's credentials Secret."""
+    return f"{account.secret_namespace or runtime.own_namespace}/{account.secret_name}"
+
+
 class AccountRequired(Exception):
     """The callback needs a Secret in its namespace, which this operator may not read."""
 
@@ -528,7 +548,12 @@ async def account_view(
 
 
 async def _sync_locked(
-    spec: CallbackSpec, desired: Callback, view: AccountView, runtime: Runtime, trigger: Trigger
+    spec: CallbackSpec,
+    desired: Callback,
+    view: AccountView,
+    runtime: Runtime,
+    trigger: Trigger,
+    secret: str = "",
 ) -> Outcome:
     not_before = trigger.not_before
     if not_before is None:
@@ -544,7 +569,7 @@ async def _sync_locked(
     try:
         await register_over(view, desired, live)
     except ThingSpaceError as exc:
-        return failure_outcome(exc, observed_live=(live,))
+        return failure_outcome(exc, observed_live=(live,), secret=secret)
     # Ready rests on ThingSpace's 200: a list per write would double the account's calls,
     # and the next drift check compares the registration with the live list anyway.
     return _registered(desired, live, plan.drift, trigger.drift_check)
@@ -562,6 +587,7 @@ async def release(
     ``ownership`` is asked again under the registration's lock: a resource that declared
     the same registration meanwhile may have found it in sync and taken it over.
     ``recorded_account``: the account its status says it registered in."""
+    secret = ""
     try:
         spec = CallbackSpec.parse(spec_body)
         try:
@@ -593,6 +619,7 @@ async def release(
                         f"{recorded_account} stays (deregister it there)"
                     )
                 )
+        secret = credentials_secret(namespace, spec, runtime)
         view = await _view_for(namespace, spec, runtime)
         async with runtime.lock_for(spec.account_name, spec.service_name):
             live = (await view.observe(view.now())).get(spec.service_name)
@@ -608,7 +635,7 @@ async def release(
                 await deregister(view, spec.service_name)
             return _released(spec, plan.reason, live)
     except Exception as exc:
-        return failure_outcome(exc)
+        return failure_outcome(exc, secret=secret)
 
 
 def _let_go(reason: Exception) -> Outcome:
@@ -765,8 +792,12 @@ def _released(spec: CallbackSpec, reason: DeleteReason, live: Callback | None = 
     )
 
 
-def failure_outcome(exc: BaseException, observed_live: tuple[Callback | None, ...] = ()) -> Outcome:
-    """Map any failure to its condition reason. The one place that knows this mapping."""
+def failure_outcome(
+    exc: BaseException, observed_live: tuple[Callback | None, ...] = (), secret: str = ""
+) -> Outcome:
+    """Map any failure to its condition reason. The one place that knows this mapping.
+    ``secret``: ``namespace/name`` of the credentials Secret in use, if known."""
+    in_secret = f"Secret {secret}" if secret else "the credentials Secret"
     match exc:
         case InvalidSpec():
             return _failure(Reason.INVALID_SPEC, str(exc), observed_live=observed_live)
@@ -780,13 +811,13 @@ def failure_outcome(exc: BaseException, observed_live: tuple[Callback | None, ..
             return _failure(Reason.ACCOUNT_NOT_ALLOWED, str(exc), observed_live=observed_live)
         case AuthenticationFailed(stage="oauth"):
             message = (
-                f"{exc}. Fix appKey/appSecret in the credentials Secret; the operator makes "
+                f"{exc}. Fix appKey/appSecret in {in_secret}; the operator makes "
                 "no further attempt with these values"
             )
             return _failure(Reason.AUTHENTICATION_FAILED, message, observed_live=observed_live)
         case AuthenticationFailed():
             message = (
-                f"{exc}. Fix username/password in the credentials Secret; the operator will "
+                f"{exc}. Fix username/password in {in_secret}; the operator will "
                 "not log in again with these values (five failed logins lock the user)"
             )
             return _failure(Reason.AUTHENTICATION_FAILED, message, observed_live=observed_live)

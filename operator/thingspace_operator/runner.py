@@ -18,10 +18,12 @@ import kopf
 from aiohttp import web
 
 from . import logs, sigterm
+from .account_handlers import namespace_notice
 from .config import OperatorConfig
 from .handlers import build_registry
 from .kube.leader import Fence, LeaderElector, LeaseConfig
 from .kube.login import Login
+from .kube.login import own_namespace as find_own_namespace
 from .reconciler import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ async def serve(
     config: OperatorConfig, login: Login, health_socket: socket.socket | None, stop: asyncio.Event
 ) -> None:
     runtime = Runtime.create(config, login.connection)
-    runtime.own_namespace = own_namespace(os.environ)
+    found = find_own_namespace(os.environ, SERVICE_ACCOUNT_NAMESPACE)
+    runtime.own_namespace = found.name
+    log.info("%s", namespace_notice(found))
     logs.install(runtime.sweep.registration_of, text=config.log_format == "text")
     runtime.metrics_port = runtime.metrics.serve(config.metrics_port)
     elector = None
@@ -184,12 +188,8 @@ def own_identity(env: Env) -> str:
 
 
 def own_namespace(env: Env) -> str:
-    if env.get("POD_NAMESPACE"):
-        return env["POD_NAMESPACE"]
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-    except OSError:
-        return "default"
+    """POD_NAMESPACE, the service account's, the kubeconfig context's, else default."""
+    return find_own_namespace(env, SERVICE_ACCOUNT_NAMESPACE).name
 
 
 async def serve_health(

@@ -169,13 +169,57 @@ def client_only_settings(info: kopf.ConnectionInfo, user: Mapping[str, Any]) -> 
 def current_user(env: Env) -> Mapping[str, Any]:
     """The user of the current context, the kubeconfig files merged as kopf merges them
     (the first file naming a setting wins)."""
+    configs = _kubeconfigs(env)
+    context = _current_context(configs)
+    return _named(configs, "users", context.get("user")).get("user") or {}
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnNamespace:
+    """The operator's namespace, and where it was found (for the start-up log line)."""
+
+    name: str
+    source: str
+
+
+def own_namespace(env: Env, service_account_namespace: Path) -> OwnNamespace:
+    """The namespace the operator belongs to: ``POD_NAMESPACE`` (the chart sets it), the
+    service account's namespace file (any pod), the namespace of the kubeconfig's current
+    context (a process run by hand, as kubectl reads it), else ``default``."""
+    if env.get("POD_NAMESPACE"):
+        return OwnNamespace(env["POD_NAMESPACE"], "POD_NAMESPACE")
+    try:
+        found = service_account_namespace.read_text().strip()
+    except OSError:
+        found = ""
+    if found:
+        return OwnNamespace(found, f"the service account's {service_account_namespace}")
+    try:
+        context = _current_context(_kubeconfigs(env))
+    except Exception as exc:  # an unreadable kubeconfig: the login says so
+        log.debug("No namespace from the kubeconfig (%s)", type(exc).__name__)
+        context = {}
+    namespace = context.get("namespace")
+    if isinstance(namespace, str) and namespace:
+        return OwnNamespace(namespace, "the kubeconfig's current context")
+    return OwnNamespace(
+        "default",
+        "the default: no POD_NAMESPACE, no service account, no namespace in the kubeconfig's "
+        "current context",
+    )
+
+
+def _kubeconfigs(env: Env) -> list[Mapping[str, Any]]:
     paths = (env.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)
     # os.path.expanduser leaves "~" as it is without HOME and passwd entry (the image's uid);
     # Path.expanduser would raise.
-    configs = [_load(Path(os.path.expanduser(path.strip()))) for path in paths if path.strip()]
+    return [_load(Path(os.path.expanduser(path.strip()))) for path in paths if path.strip()]
+
+
+def _current_context(configs: list[Mapping[str, Any]]) -> Mapping[str, Any]:
     current = next((c["current-context"] for c in configs if c.get("current-context")), None)
-    context = _named(configs, "contexts", current).get("context") or {}
-    return _named(configs, "users", context.get("user")).get("user") or {}
+    context = _named(configs, "contexts", current).get("context")
+    return context if isinstance(context, Mapping) else {}
 
 
 def _load(path: Path) -> Mapping[str, Any]:
