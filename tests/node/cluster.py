@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from tests.e2e.controlplane import (
+    AUDIT_POLICY,
     ROOT,
     ControlPlane,
     ControlPlaneUnavailable,
@@ -440,16 +441,6 @@ table inet tso-node-guard {{
         ip saddr {POD_CIDR} oifname != "{BRIDGE}" drop
     }}
 }}
-"""
-
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-  - level: Metadata
-    userGroups: ["system:serviceaccounts"]
-  - level: None
 """
 
 CONTAINERD_CONFIG = """\
