@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema bench clean
+.PHONY: soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -59,13 +59,22 @@ nodetest: $(STAMP) $(HELM) node
 chart: $(STAMP) $(HELM)
 	$(BIN)/pytest tests/chart
 
-## bench: run the benchmarks (about an hour) and write docs/benchmarks.md
+## bench: run the benchmarks (about an hour) and write docs/benchmarks.md, then the hour-long
+## chaos soak (docs/reliability.md)
 bench: $(STAMP) $(HELM) controlplane
 	$(BIN)/python -m compileall -q -o 2 $(VENV)/lib operator > /dev/null
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.handover
 	$(BIN)/python -m bench.realcp
 	$(BIN)/python -m bench.floor
+	$(BIN)/python -m bench.soak --duration 3600
+
+## soak: the chaos soak on the real control plane (an hour by default; SOAK_SECONDS,
+## SOAK_SEED, SOAK_N); results and invariants: docs/reliability.md
+SOAK_SECONDS ?= 3600
+SOAK_N ?= 40
+soak: $(STAMP) $(HELM) controlplane
+	$(BIN)/python -m bench.soak --duration $(SOAK_SECONDS) --n $(SOAK_N) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 ## schema: regenerate the chart's values.schema.json from values.yaml
 schema: $(STAMP)
