@@ -27,8 +27,9 @@ from .kube.login import own_namespace as find_own_namespace
 from .reconciler import Runtime
 
 log = logging.getLogger(__name__)
-#: Below the chart's readinessProbe timeoutSeconds (3).
-READYZ_WAIT_SECONDS = 2.0
+#: Below the chart's readinessProbe timeoutSeconds (5): a busy node may take seconds to the
+#: first Lease read.
+READYZ_WAIT_SECONDS = 4.0
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

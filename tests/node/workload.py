@@ -116,7 +116,14 @@ class Installed:
         return SimulatorApi(forward.url)
 
     def warnings(self) -> list[str]:
-        items = self.json("get", "events", "--field-selector", "type=Warning")["items"]
+        """Warning Events in the namespace, but for the API server's own ClusterIP repair
+        loop, which on a freshly started control plane can race a new Service's allocation
+        (ClusterIPNotAllocated), whoever creates it."""
+        items = [
+            item
+            for item in self.json("get", "events", "--field-selector", "type=Warning")["items"]
+            if item.get("reason") != "ClusterIPNotAllocated"
+        ]
         return [
             f"{item['involvedObject']['name']}: {item['reason']}: {item['message']}"
             for item in items
