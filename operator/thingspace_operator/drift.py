@@ -212,9 +212,10 @@ class DriftSweep:
             return None
         account, service = tracked.registration
         if account.startswith(ACCOUNT_REF):
+            # The status's, once recorded: the map of every account only until then.
             recorded = tracked.status.get("accountName")
-            held = self.account_names().get(account.removeprefix(ACCOUNT_REF))
-            account = str(recorded or held or account)
+            held = recorded or self.account_names().get(account.removeprefix(ACCOUNT_REF))
+            account = str(held or account)
         return account, service
 
     def __len__(self) -> int:

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import Release, SimulatorApi, eventually, unique
+from tests.e2e.cluster import (
+    DEMO_CREDENTIALS,
+    Release,
+    SimulatorApi,
+    eventually,
+    secret_manifest,
+    unique,
+)
 from tests.node.cluster import OPERATOR_NEXT_TAG, OPERATOR_REPOSITORY, OPERATOR_TAG, Node
 from tests.node.workload import (
     IMAGE_VALUES,
@@ -18,7 +25,7 @@ from tests.node.workload import (
     PortForward,
     all_ready,
     callbacks,
-    install,
+    installed_release,
     restricted_namespace,
     synced_since,
 )
@@ -49,21 +56,7 @@ def acting_writers(node: Node, service_account: str, since: datetime) -> list[st
 
 
 def callback_manifests(namespace: str, url_base: str) -> str:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "thingspace-credentials",
-            "namespace": namespace,
-            "labels": {"thingspace.io/credentials": "true"},
-        },
-        "stringData": {
-            "appKey": "demo-app-key",
-            "appSecret": "demo-app-secret",
-            "username": "demo-user",
-            "password": "demo-password",
-        },
-    }
+    secret = secret_manifest("thingspace-credentials", namespace, DEMO_CREDENTIALS)
     items: list[dict[str, Any]] = [secret]
     for i in range(COUNT):
         items.append(
@@ -86,19 +79,13 @@ def callback_manifests(namespace: str, url_base: str) -> str:
 def installed(node: Node) -> Iterator[Installed]:
     # The simulator keeps registrations in memory: its own tag, so the upgrade of the
     # operator's leaves it running.
-    release = install(
+    with installed_release(
         node,
         "--set", "simulator.enabled=true",
         "--set", f"simulator.image.tag={OPERATOR_TAG}",
         *WATCHFUL,
-    )  # fmt: skip
-    try:
+    ) as release:  # fmt: skip
         yield release
-    finally:
-        release.close()
-        release.kubectl("delete", "tscb", "--all", "--timeout=120s", check=False)
-        release.release.uninstall()
-        node.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
 
 
 def test_helm_upgrade_rolls_with_one_actor(node: Node, installed: Installed) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import CHART, eventually
+from tests.e2e.cluster import CHART, DEMO_CREDENTIALS, eventually, secret_manifest
 from tests.node.cluster import NODE_IP, Node
 from tests.node.workload import Installed, container_cgroup, install
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
@@ -89,27 +89,8 @@ def installed(node: Node) -> Iterator[Installed]:
 
 def test_two_thousand_callbacks_within_the_memory_limit(node: Node, installed: Installed) -> None:
     namespace = installed.namespace
-    installed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {
-                    "name": "thingspace-credentials",
-                    "labels": {"thingspace.io/credentials": "true"},
-                },
-                "stringData": {
-                    "appKey": "demo-app-key",
-                    "appSecret": "demo-app-secret",
-                    "username": "demo-user",
-                    "password": "demo-password",
-                },
-            }
-        ),
-    )
+    secret = secret_manifest("thingspace-credentials", namespace, DEMO_CREDENTIALS)
+    installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret))
     api = Api(node)
     base = f"/apis/thingspace.io/v1alpha1/namespaces/{namespace}/thingspacecallbacks"
     try:

@@ -144,6 +144,20 @@ def install(plane: Cluster, *values: str, namespace: str | None = None) -> Insta
     return installed
 
 
+@contextlib.contextmanager
+def installed_release(plane: Cluster, *values: str) -> Iterator[Installed]:
+    """``install``, then its callbacks deleted (deregistered by its own operator), the
+    release uninstalled and its namespace deleted, pass or fail."""
+    release = install(plane, *values)
+    try:
+        yield release
+    finally:
+        release.close()
+        release.kubectl("delete", "tscb", "--all", "--timeout=120s", check=False)
+        release.release.uninstall()
+        plane.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+
+
 class PortForward:
     """`kubectl port-forward` to a local port, as a user reaches a Service."""
 
