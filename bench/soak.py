@@ -437,7 +437,6 @@ class Soak:
             "operations": dict(sorted(self.work.counts.items())),
             "thingspace_calls": dict(Counter(call.endpoint for call in sent)),
             "incarnations": sum(pod.starts for pod in self.pods),
-            "rejected_values_retried_by_a_new_process": checks.retried_across_processes(sent),
             "checks": self.checks_made,
             "violations": 0,
             "first_convergence_s": round(first_convergence, 1),

@@ -54,31 +54,22 @@ def ownership(sent: Iterable[Sent], work: Workload) -> list[str]:
 
 
 def lockout(sent: Iterable[Sent], sim_logins: dict[str, Any]) -> list[str]:
-    """4. A rejected login or app secret is never sent again by the process it was rejected
-    for; nobody gets locked. (A new process tries still-wrong values once more, as
-    docs/operations.md says: ``retried_across_processes`` counts those.)"""
+    """4. Rejected credentials (a login or an app secret) are never sent again, by the
+    process that saw them rejected nor by any later one; nobody gets locked."""
     found: list[str] = []
-    rejected: dict[tuple[str, str], float] = {}
+    rejected: dict[str, tuple[float, str]] = {}  # key -> (when, by whom)
     for call in sorted(sent, key=lambda c: c.at):
-        if (call.sender, call.key) in rejected and call.at > rejected[(call.sender, call.key)]:
-            found.append(f"lockout: {call.sender} retried rejected credentials ({call.endpoint})")
+        if call.key in rejected and call.at > rejected[call.key][0]:
+            by = rejected[call.key][1]
+            who = "" if by == call.sender else f" that {by} saw rejected"
+            found.append(
+                f"lockout: {call.sender} sent rejected credentials again{who} ({call.endpoint})"
+            )
         if call.rejected:
-            rejected.setdefault((call.sender, call.key), call.done)
+            rejected.setdefault(call.key, (call.done, call.sender))
     if sim_logins.get("locked"):
         found.append(f"lockout: the simulator locked {sim_logins['locked']}")
     return found
-
-
-def retried_across_processes(sent: Iterable[Sent]) -> int:
-    """Sends of credentials another process had seen rejected before."""
-    first: dict[str, float] = {}
-    count = 0
-    for call in sorted(sent, key=lambda c: c.at):
-        if call.key in first and call.at > first[call.key] and call.rejected:
-            count += 1
-        if call.rejected:
-            first.setdefault(call.key, call.done)
-    return count
 
 
 def leaks(texts: dict[str, str], values: Iterable[str]) -> list[str]:

@@ -21,6 +21,7 @@ from . import logs, sigterm
 from .account_handlers import namespace_notice
 from .config import OperatorConfig
 from .handlers import build_registry
+from .kube import rejections
 from .kube.leader import Fence, LeaderElector, LeaseConfig
 from .kube.login import Login
 from .kube.login import own_namespace as find_own_namespace
@@ -123,6 +124,7 @@ async def act(
     log.info("Became leader: lease %s/%s, identity %s", *elector.names, identity)
     fence = Fence(lambda: elector.deadline)
     fence.start()
+    rejections.carry_over(elector, runtime.clients.rejected)
     keeper = asyncio.create_task(elector.keep(), name="lease renewal")
     await elector.announce(f"{identity} became leader")
     operator = asyncio.create_task(

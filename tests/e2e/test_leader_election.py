@@ -6,6 +6,7 @@ Timings use the chart's defaults, which are client-go's: lease 15 s, renew deadl
 retry period 2 s.
 """
 
+import json
 import signal
 import time
 from collections import Counter
@@ -24,15 +25,19 @@ from tests.e2e.cluster import (
     Simulator,
     apply,
     callback_manifest,
+    condition,
     eventually,
     needs_control,
     remove_test_objects,
     secret_manifest,
+    settled,
     unique,
 )
 from tests.e2e.controlplane import Cluster
 from tests.e2e.proxies import Candidate, CuttableTcpProxy, LoopThread, RecordingProxy
 from tests.e2e.rbac import used_requests
+from thingspace_operator.kube import rejections
+from thingspace_operator.thingspace.http import LOGIN_PATH
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 LEASE_DURATION, RENEW_DEADLINE = 15.0, 10.0
@@ -233,6 +238,53 @@ def test_a_partitioned_leader_stops_calling_thingspace_and_exits(ha: HighAvailab
         assert first_of_new > max(call.at for call in leader.calls.calls)
     finally:
         proxy.close()
+
+
+def test_a_new_leader_never_retries_a_login_the_last_one_saw_rejected(
+    ha: HighAvailability,
+) -> None:
+    """Five rejected logins lock the UWS user: a handover (or a restart, an upgrade) must
+    not cost one more each time. The rejection passes to the next leader on the Lease, as
+    the Secret's name and resourceVersion, never a value."""
+    wrong = {**DEMO_CREDENTIALS, "password": "wrong-password-e2e"}
+    apply(ha.plane, secret_manifest("wrong-credentials", ha.team, wrong))
+    leader, standby = ha.leader_then_standby()
+    name = unique("cb")
+    ref = {"name": "wrong-credentials"}
+    apply(ha.plane, callback_manifest(name, ha.team, "0000123456-00001", credentialsSecretRef=ref))
+
+    def synced() -> dict[str, Any]:
+        return condition(ha.plane, ha.team, name, "Synced")
+
+    eventually(lambda: synced().get("reason") == "AuthenticationFailed", 30, "rejected")
+    eventually(lambda: rejections.ANNOTATION in lease_annotations(ha), 10, "recorded")
+    assert f"{ha.team}/wrong-credentials" in lease_annotations(ha)[rejections.ANNOTATION]
+    leader.process.signal(signal.SIGTERM)
+    eventually(standby.leading, 10, "the standby leads")
+    # The new leader's own verdict names where it learned it.
+    eventually(lambda: f"Lease {ha.release.namespace}/" in synced().get("message", ""), 60)
+    assert logins(ha) == 1, "the new leader sent the rejected login again"
+    assert ha.sim.request("GET", "logins")["failed"] == {"demo-user": 1}
+    assert "wrong-password-e2e" not in json.dumps(lease(ha))
+
+    apply(ha.plane, secret_manifest("wrong-credentials", ha.team, DEMO_CREDENTIALS))  # fixed
+    eventually(lambda: settled(ha.plane, ha.team, name), 60, "Ready with the fixed Secret")
+    assert logins(ha) == 2
+    eventually(lambda: rejections.ANNOTATION not in lease_annotations(ha), 10, "cleared")
+
+
+def logins(ha: HighAvailability) -> int:
+    return sum(
+        call.path == LOGIN_PATH for candidate in ha.candidates for call in candidate.calls.calls
+    )
+
+
+def lease(ha: HighAvailability) -> dict[str, Any]:
+    return dict(ha.plane.kubectl_json("-n", ha.release.namespace, "get", "lease", ha.lease))
+
+
+def lease_annotations(ha: HighAvailability) -> dict[str, str]:
+    return dict(lease(ha)["metadata"].get("annotations") or {})
 
 
 def handled(item: dict[str, Any]) -> bool:

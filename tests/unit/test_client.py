@@ -3,6 +3,7 @@
 import asyncio
 import traceback
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ from thingspace_operator.thingspace.errors import (
     Unavailable,
 )
 from thingspace_operator.thingspace.http import ThingSpaceHTTP
-from thingspace_operator.thingspace.models import AppCredentials, Callback
+from thingspace_operator.thingspace.models import AppCredentials, Callback, CredentialsSource
 from thingspace_operator.thingspace.services import CALLBACK_SERVICE_NAMES
 
 ACCOUNT = "0000123456-00001"
@@ -186,6 +187,63 @@ async def test_rejected_values_are_never_tried_again_by_another_credential_set()
                 with pytest.raises(AuthenticationFailed):
                     await pool.client_for(bad_app).list_callbacks(ACCOUNT)
             assert (await ctl.counts()).get(("token", 401), 0) == 1
+        finally:
+            await pool.close()
+
+
+def from_secret(credentials: AppCredentials, secret: str, version: str) -> AppCredentials:
+    return replace(credentials, source=CredentialsSource(secret, version))
+
+
+async def test_a_new_process_does_not_try_what_an_earlier_one_saw_rejected() -> None:
+    """The record by source is all that survives a process: a new pool handed it sends no
+    login with that version of that Secret; a new version is tried, and its success
+    clears the record."""
+    async with SimulatorServer(SimulatorConfig()) as sim:
+        ctl = SimControl(sim.url)
+        wrong = replace(GOOD, password="wrong")
+        first = ClientPool(sim.url, timeout_seconds=2.0)
+        try:
+            with pytest.raises(AuthenticationFailed):
+                await first.client_for(from_secret(wrong, "team/creds", "7")).list_callbacks(
+                    ACCOUNT
+                )
+        finally:
+            await first.close()
+        assert set(first.rejected.by_origin) == {"team/creds"}
+
+        second, changes = ClientPool(sim.url, timeout_seconds=2.0), []
+        second.rejected.by_origin.update(first.rejected.by_origin)  # what the Lease carries
+        second.rejected.on_change = lambda: changes.append(dict(second.rejected.by_origin))
+        try:
+            same = from_secret(wrong, "team/creds", "7")
+            with pytest.raises(AuthenticationFailed, match=r"rejected"):
+                await second.client_for(same).list_callbacks(ACCOUNT)
+            assert await ctl.calls("login") == 1
+            fixed = from_secret(GOOD, "team/creds", "8")
+            assert await second.client_for(fixed).list_callbacks(ACCOUNT) == []
+            assert await ctl.calls("login") == 2
+            assert second.rejected.by_origin == {}
+            assert changes == [{}]
+        finally:
+            await second.close()
+
+
+async def test_a_rejection_is_recorded_for_every_secret_holding_the_values() -> None:
+    """Two Secrets with the same wrong values: whichever one a new process reads first,
+    the record names it."""
+    async with SimulatorServer(SimulatorConfig()) as sim:
+        pool = ClientPool(sim.url, timeout_seconds=2.0)
+        wrong = replace(GOOD, password="wrong")
+        try:
+            with pytest.raises(AuthenticationFailed):
+                await pool.client_for(from_secret(wrong, "a/creds", "1")).list_callbacks(ACCOUNT)
+            with pytest.raises(AuthenticationFailed):
+                await pool.client_for(from_secret(wrong, "b/creds", "5")).list_callbacks(ACCOUNT)
+            pool.client_for(from_secret(wrong, "a/creds", "2"))  # a metadata-only change
+            recorded = {o: v for o, (v, _) in pool.rejected.by_origin.items()}
+            assert recorded == {"a/creds": "2", "b/creds": "5"}
+            assert await SimControl(sim.url).calls("login") == 1
         finally:
             await pool.close()
 

@@ -13,8 +13,12 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import eventually
+from thingspace_operator.kube import rejections
 from thingspace_operator.kube.connection import KubeConnection
 from thingspace_operator.kube.leader import LeaderElector, LeaseConfig
+from thingspace_operator.thingspace.client import ClientPool
+from thingspace_operator.thingspace.errors import AuthenticationFailed
+from thingspace_operator.thingspace.models import AppCredentials, CredentialsSource
 
 PATH = "/apis/coordination.k8s.io/v1/namespaces/ops/leases"
 
@@ -105,8 +109,10 @@ async def server() -> AsyncIterator[tuple[LeaseServer, str]]:
     await runner.cleanup()
 
 
-def elector(url: str, identity: str, lease: float = 1.5, renew: float = 1.0) -> LeaderElector:
-    config = LeaseConfig("ops", "tso", identity, lease, renew, retry_period=0.2)
+def elector(
+    url: str, identity: str, lease: float = 1.5, renew: float = 1.0, retry: float = 0.2
+) -> LeaderElector:
+    config = LeaseConfig("ops", "tso", identity, lease, renew, retry_period=retry)
     return LeaderElector(KubeConnection(kopf.ConnectionInfo(server=url)), config)
 
 
@@ -193,3 +199,61 @@ async def test_renewal_stops_when_asked_after_the_attempt_in_progress(
     await leader.release()
     assert leases.holder() == ""
     await leader.close()
+
+
+async def test_rejected_credentials_pass_to_the_next_leader_on_the_lease(
+    server: tuple[LeaseServer, str],
+) -> None:
+    """A rejection is written at once (not at the next renewal, 10 s away here), survives
+    renewals and the release, and the next holder refuses those values without a call."""
+    leases, url = server
+    first = elector(url, "a", lease=30, renew=20, retry=10)
+    await first.acquire()
+    leases.lease["metadata"]["annotations"] = {"team.example/owner": "platform"}  # kept
+    pool = ClientPool("http://127.0.0.1:9", timeout_seconds=1.0)  # never reached
+    rejections.carry_over(first, pool.rejected)
+    keeping = asyncio.create_task(first.keep())
+    failure = AuthenticationFailed("login", "ThingSpace rejected the login")
+    pool.rejected.record(failure, [CredentialsSource("team/creds", "41")], "user", "secret-pw")
+    await eventually(lambda: rejections.ANNOTATION in annotations(leases), 5, "written at once")
+    assert json.loads(annotations(leases)[rejections.ANNOTATION]) == {
+        "team/creds": {"resourceVersion": "41", "stage": "login"}
+    }
+    first.stop_renewing()
+    await keeping
+    await first.release()
+    assert "secret-pw" not in json.dumps(leases.lease)
+    assert annotations(leases)["team.example/owner"] == "platform"
+
+    second = elector(url, "b", lease=30, renew=20, retry=10)
+    await second.acquire()
+    fresh = ClientPool("http://127.0.0.1:9", timeout_seconds=1.0)
+    rejections.carry_over(second, fresh.rejected)
+    wrong = AppCredentials(
+        "app", "app-secret", "user", "secret-pw", CredentialsSource("team/creds", "41")
+    )
+    with pytest.raises(AuthenticationFailed, match="Lease ops/tso"):
+        await fresh.client_for(wrong).list_callbacks("0000123456-00001")  # no call: port 9
+    fresh.rejected.accepted([CredentialsSource("team/creds", "42")])  # the fixed Secret
+    keeping = asyncio.create_task(second.keep())
+    await eventually(lambda: rejections.ANNOTATION not in annotations(leases), 5, "cleared")
+    second.stop_renewing()
+    await keeping
+    for pools in (pool, fresh):
+        await pools.close()
+    await first.close()
+    await second.close()
+
+
+def annotations(leases: LeaseServer) -> dict[str, str]:
+    assert leases.lease is not None
+    return dict(leases.lease["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not json", '["a list"]', '{"ns/s": {"resourceVersion": 7, "stage": "login"}}',
+     '{"ns/s": {"resourceVersion": "7", "stage": "other"}}'],
+)  # fmt: skip
+def test_an_unreadable_record_is_ignored_not_fatal(value: str) -> None:
+    assert rejections.parse(value, "ops/tso") == {}

@@ -20,8 +20,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -56,6 +56,7 @@ class LeaseRecord:
     acquired: str
     version: str
     uid: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> "LeaseRecord":
@@ -67,6 +68,7 @@ class LeaseRecord:
             acquired=str(spec.get("acquireTime") or ""),
             version=str(meta.get("resourceVersion") or ""),
             uid=str(meta.get("uid") or ""),
+            annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
         )
 
 
@@ -132,7 +134,10 @@ class LeaderElector:
         self.leading = False
         self._changed = asyncio.Event()
         self._stop_renewing = asyncio.Event()
+        self._wake = asyncio.Event()  # renew now: stopping, or an annotation to store
         self._known = asyncio.Event()  # the Lease has been read (or written) once
+        # Annotations this process sets ("" removes one); written with every write.
+        self._annotations: dict[str, str] = {}
 
     @property
     def leader(self) -> str:
@@ -197,11 +202,20 @@ class LeaderElector:
         """Let ``keep`` return after the attempt in progress (never cut a write halfway:
         the release that follows needs the Lease's current version)."""
         self._stop_renewing.set()
+        self._wake.set()
+
+    def annotate(self, key: str, value: str) -> None:
+        """Store ``value`` in the Lease's annotation ``key`` ("" removes it) with the next
+        renewal, which starts at once: the next holder reads it when it takes over."""
+        self._annotations[key] = value
+        self._wake.set()
 
     async def _stopped_within(self, seconds: float) -> bool:
+        """Wait for the next renewal: ``seconds``, or less when woken; True once stopped."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._stop_renewing.wait()
+                await self._wake.wait()
+        self._wake.clear()
         return self._stop_renewing.is_set()
 
     async def release(self) -> None:
@@ -271,7 +285,7 @@ class LeaderElector:
                 return False
             spec = lease_spec(record, me, self.config.lease_duration)
             if record is None:
-                written = await self._create(spec, until)
+                written = await self._create(spec, None, until)
             else:
                 written = await self._put(record, spec, until)
         except LeaseConflict:
@@ -335,23 +349,28 @@ class LeaderElector:
         self._observe(record)
         return record
 
-    async def _create(self, spec: dict[str, Any], until: float) -> LeaseRecord:
-        body = await self._request("POST", self._path, until, self._lease(spec))
+    async def _create(
+        self, spec: dict[str, Any], record: LeaseRecord | None, until: float
+    ) -> LeaseRecord:
+        body = await self._request("POST", self._path, until, self._lease(spec, record))
         return LeaseRecord.of(body or {})
 
     async def _put(self, record: LeaseRecord, spec: dict[str, Any], until: float) -> LeaseRecord:
-        lease = self._lease(spec)
+        lease = self._lease(spec, record)
         lease["metadata"]["resourceVersion"] = record.version
         body = await self._request("PUT", f"{self._path}/{self.config.name}", until, lease)
         return LeaseRecord.of(body or {})
 
-    def _lease(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": self.config.name, "namespace": self.config.namespace},
-            "spec": spec,
-        }
+    def _lease(self, spec: dict[str, Any], record: LeaseRecord | None) -> dict[str, Any]:
+        """The whole Lease (a PUT replaces it): the annotations it has, with this process's
+        own set on top."""
+        annotations = {**(record.annotations if record is not None else {}), **self._annotations}
+        metadata: dict[str, Any] = {"name": self.config.name, "namespace": self.config.namespace}
+        kept = {key: value for key, value in annotations.items() if value}
+        if kept:
+            metadata["annotations"] = kept
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+                "spec": spec}  # fmt: skip
 
     async def _request(
         self, method: str, path: str, until: float, body: dict[str, Any] | None = None

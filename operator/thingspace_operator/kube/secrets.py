@@ -12,10 +12,10 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
-from ..thingspace.models import AppCredentials
+from ..thingspace.models import AppCredentials, CredentialsSource
 from ..thingspace.services import CALLBACK_CREDENTIAL_MAX_LENGTH
 from .connection import KubeApiError, KubeConnection
 from .secretwatch import CREDENTIALS_LABEL
@@ -124,6 +124,10 @@ class SecretReader:
 
         ``fresh_after`` (monotonic time): an unwatched Secret read before then is read again.
         """
+        known = await self._read_known(namespace, name, fresh_after)
+        return decode_secret_data(known.data, f"{namespace}/{name}")
+
+    async def _read_known(self, namespace: str, name: str, fresh_after: float | None) -> _Known:
         known = self._known.get((namespace, name))
         absent = self._absent.get((namespace, name))
         if known is None and absent and fresh_after is not None and absent[0] >= fresh_after:
@@ -132,7 +136,7 @@ class SecretReader:
             known.watched or fresh_after is None or known.fetched_at >= fresh_after
         ):
             known = await self._fetch_once(namespace, name, fresh_after)
-        return decode_secret_data(known.data, f"{namespace}/{name}")
+        return known
 
     async def _fetch_once(
         self, namespace: str, name: str, fresh_after: float | None = None
@@ -181,8 +185,12 @@ class SecretReader:
     async def app_credentials(
         self, namespace: str, name: str, fresh_after: float | None = None
     ) -> AppCredentials:
-        data = await self.read(namespace, name, fresh_after)
-        return app_credentials_from(data, f"{namespace}/{name}")
+        """The OAuth app and UWS login in the Secret, with the version they were read at
+        (what a rejection is recorded against)."""
+        known = await self._read_known(namespace, name, fresh_after)
+        where = f"{namespace}/{name}"
+        credentials = app_credentials_from(decode_secret_data(known.data, where), where)
+        return replace(credentials, source=CredentialsSource(where, known.version))
 
     async def callback_credentials(
         self, namespace: str, name: str, fresh_after: float | None = None

@@ -10,13 +10,18 @@ raises that failure again without calling ThingSpace, for as long as the pool li
 UWS user and password shared by credential sets with different app keys make one failed
 login, not one per set. New values are what allow the next attempt, so fixing the Secret
 is what clears the failure.
+
+The values' digest dies with the process; a new leader must not try them again either. So
+a rejection is also kept by where the values came from (``CredentialsSource``: a Secret's
+name and version, nothing derived from a value), which the operator stores outside the
+process (kube/rejections.py) and hands to the next one.
 """
 
 import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import aiohttp
@@ -30,7 +35,7 @@ from .http import (
     SessionRejected,
     ThingSpaceHTTP,
 )
-from .models import AppCredentials, Callback
+from .models import AppCredentials, Callback, CredentialsSource
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -40,10 +45,15 @@ TOKEN_REFRESH_MARGIN_SECONDS = 120.0
 
 
 class RejectedValues:
-    """App keys and UWS logins ThingSpace rejected, by a digest of their values."""
+    """App keys and UWS logins ThingSpace rejected: by a digest of their values (this
+    process), and by their source (any process, see ``by_origin``)."""
 
     def __init__(self) -> None:
         self._failures: dict[str, AuthenticationFailed] = {}
+        #: origin -> (version, failure): the values of that version of that origin failed.
+        self.by_origin: dict[str, tuple[str, AuthenticationFailed]] = {}
+        #: Called after ``by_origin`` changed (to store it for the next process).
+        self.on_change: Callable[[], None] = lambda: None
 
     def check(self, *values: str) -> None:
         """Raise the failure these values met before, if any."""
@@ -51,8 +61,27 @@ class RejectedValues:
         if failure is not None:
             raise failure.with_traceback(None)
 
-    def record(self, failure: AuthenticationFailed, *values: str) -> None:
-        self._failures[_digest(values)] = failure
+    def check_sources(self, sources: Iterable[CredentialsSource]) -> None:
+        """Raise the failure recorded for this very version of one of these sources."""
+        for source in sources:
+            found = self.by_origin.get(source.origin)
+            if found is not None and found[0] == source.version:
+                raise found[1].with_traceback(None)
+
+    def record(
+        self, failure: AuthenticationFailed, sources: Iterable[CredentialsSource], *values: str
+    ) -> None:
+        if values:
+            self._failures[_digest(values)] = failure
+        for source in sources:
+            self.by_origin[source.origin] = (source.version, failure)
+        self.on_change()
+
+    def accepted(self, sources: Iterable[CredentialsSource]) -> None:
+        """A login with values from ``sources`` succeeded: what failed there is history."""
+        forgotten = [self.by_origin.pop(source.origin, None) for source in sources]
+        if any(forgotten):
+            self.on_change()
 
 
 def _digest(values: tuple[str, ...]) -> str:
@@ -73,11 +102,23 @@ class ThingSpaceClient:
         self.credentials = credentials
         self._clock = clock
         self._rejected = rejected or RejectedValues()
+        #: Everywhere these values were read (two Secrets may hold the same ones).
+        self.sources = {credentials.source} if credentials.source is not None else set()
         self._auth_lock = asyncio.Lock()
         self._token: OAuthToken | None = None
         self._token_expires_at = 0.0
         self._session_token: str | None = None
         self.auth_failure: AuthenticationFailed | None = None
+        self._recorded: AuthenticationFailed | None = None  # what ``_rejected`` holds of us
+
+    def add_source(self, source: CredentialsSource) -> None:
+        """These values were read from ``source`` too; it replaces an older version of
+        itself, and shares a rejection already recorded."""
+        if source in self.sources:
+            return
+        self.sources = {s for s in self.sources if s.origin != source.origin} | {source}
+        if self._recorded is not None:
+            self._rejected.record(self._recorded, [source])
 
     async def list_callbacks(self, account: str) -> list[Callback]:
         return await self._call(lambda headers: self._http.list_callbacks(headers, account))
@@ -125,6 +166,9 @@ class ThingSpaceClient:
             if self.auth_failure is not None:
                 # A fresh traceback each time: re-raising one object would grow its own.
                 raise self.auth_failure.with_traceback(None)
+            if self._session_token is None:
+                # Before any call: the token request proves nothing a new leader needs.
+                self._rejected.check_sources(self.sources)
             token = await self._valid_token()
             if self._session_token is None:
                 self._session_token = await self._login(token)
@@ -140,7 +184,7 @@ class ThingSpaceClient:
                 token = await self._http.fetch_token(creds.app_key, creds.app_secret)
             except AuthenticationFailed as exc:
                 self.auth_failure = exc
-                self._rejected.record(exc, "oauth", creds.app_key, creds.app_secret)
+                self._record(exc, "oauth", creds.app_key, creds.app_secret)
                 raise
             self._token, self._token_expires_at = token, requested_at + token.expires_in
         return token
@@ -161,12 +205,18 @@ class ThingSpaceClient:
         creds = self.credentials
         try:
             self._rejected.check("login", creds.username, creds.password)
-            return await self._http.login(token.access_token, creds.username, creds.password)
+            session = await self._http.login(token.access_token, creds.username, creds.password)
         except AuthenticationFailed as exc:
             self.auth_failure = exc
             if not exc.by_gateway:  # the gateway judged the app, not the UWS user
-                self._rejected.record(exc, "login", creds.username, creds.password)
+                self._record(exc, "login", creds.username, creds.password)
             raise
+        self._rejected.accepted(self.sources)
+        return session
+
+    def _record(self, failure: AuthenticationFailed, *values: str) -> None:
+        self._recorded = failure
+        self._rejected.record(failure, self.sources, *values)
 
     def _forget_session(self, used: SessionHeaders) -> None:
         # Only the first caller to see the expiry drops the session; later ones already
@@ -190,13 +240,15 @@ class ClientPool:
         self._observer = observer
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[AppCredentials, ThingSpaceClient] = {}
-        self._rejected = RejectedValues()
+        self.rejected = RejectedValues()
 
     def client_for(self, credentials: AppCredentials) -> ThingSpaceClient:
         client = self._clients.get(credentials)
         if client is None:
-            client = ThingSpaceClient(self._http(), credentials, rejected=self._rejected)
+            client = ThingSpaceClient(self._http(), credentials, rejected=self.rejected)
             self._clients[credentials] = client
+        elif credentials.source is not None:
+            client.add_source(credentials.source)
         return client
 
     def _http(self) -> ThingSpaceHTTP:

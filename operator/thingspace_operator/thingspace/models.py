@@ -7,6 +7,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 @dataclass(frozen=True)
+class CredentialsSource:
+    """Where a credential set was read, and which version of it: names only, no value.
+    A rejection recorded against it outlives the process (see ``RejectedValues``)."""
+
+    origin: str  # e.g. the Secret's namespace/name
+    version: str  # e.g. its resourceVersion: any change of the values changes it
+
+
+@dataclass(frozen=True)
 class AppCredentials:
     """Everything needed to call ThingSpace for one customer: OAuth app plus UWS login."""
 
@@ -14,6 +23,8 @@ class AppCredentials:
     app_secret: str = field(repr=False)
     username: str
     password: str = field(repr=False)
+    # Not part of the identity: the same values read from two places are one credential set.
+    source: CredentialsSource | None = field(default=None, compare=False)
 
     @property
     def fingerprint(self) -> str:
