@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema bench clean
+.PHONY: monitoring soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema dashboard bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,14 @@ IMAGE ?= localhost/thingspace-operator:dev
 image:
 	$(PYTHON) tools/build_image.py --tag $(IMAGE)
 
+## monitoring: fetch (or reuse) Debian's prometheus and promtool and the Prometheus
+## Operator's CRDs (Go module proxy) for the monitoring tests; cached outside the checkout
+monitoring: $(STAMP)
+	$(BIN)/python tools/monitoring_tools.py
+
 ## test: lint, type-check and run the whole test suite (the e2e and node layers too when
 ## Go is there, the node layer as root)
-test: lint typecheck $(HELM) controlplane node
+test: lint typecheck $(HELM) controlplane node monitoring
 	$(BIN)/pytest
 
 e2e: $(STAMP) $(HELM) controlplane
@@ -79,6 +84,10 @@ soak: $(STAMP) $(HELM) controlplane
 ## schema: regenerate the chart's values.schema.json from values.yaml
 schema: $(STAMP)
 	$(BIN)/python tools/values_schema.py
+
+## dashboard: regenerate the chart's Grafana dashboard (files/dashboard.json) from tools/dashboard.py
+dashboard: $(STAMP)
+	$(BIN)/python tools/dashboard.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/contract

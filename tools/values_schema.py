@@ -28,6 +28,9 @@ FREE_FORM = {
     "extraEnv",
     "serviceAccount.annotations",
     "metrics.serviceMonitor.labels",
+    "metrics.prometheusRule.labels",
+    "metrics.prometheusRule.alertLabels",
+    "grafana.dashboards.annotations",
     "simulator.resources",
     "simulator.networkPolicy.from",
 }
@@ -42,6 +45,12 @@ POSITIVE = {
     "thingspace.maxCallsPerSecondPerAccount",
     "thingspace.retryBaseSeconds",
     "thingspace.retryMaxSeconds",
+}
+#: Settings of each alert (metrics.prometheusRule.alerts.<name>.<setting>).
+ALERT_SETTINGS = {
+    "threshold": {"type": "number", "minimum": 0},
+    "for": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w|y))+$"},
+    "window": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w|y))+$"},
 }
 #: Ports and their lowest allowed number: a non-root container cannot bind one below 1024.
 PORTS = {"metrics.port": 1, "health.port": 1, "simulator.port": 1024}
@@ -97,6 +106,9 @@ def schema_for(value: Any, path: str, notes: dict[str, str]) -> dict[str, Any]:
         if not path:  # Helm gives every subchart the parent's "global" values
             properties["global"] = {"type": "object"}
         node = {"type": "object", "additionalProperties": False, "properties": properties}
+    alert_setting = re.fullmatch(r"metrics\.prometheusRule\.alerts\.\w+\.(\w+)", path)
+    if alert_setting and alert_setting.group(1) in ALERT_SETTINGS:
+        node = dict(ALERT_SETTINGS[alert_setting.group(1)])
     if path in ENUMS:
         node["enum"] = ENUMS[path]
     if path in POSITIVE:

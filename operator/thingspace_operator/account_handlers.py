@@ -105,6 +105,15 @@ async def report_one(
             await runtime.resources.patch_account_status(name, changes)
     except Exception as exc:
         log.warning("Could not report ThingSpaceAccount %s: %s", name, type(exc).__name__)
+    publish_account_states(runtime)
+
+
+def publish_account_states(runtime: Runtime) -> None:
+    """The accounts gauge: every account this process reports, as last judged."""
+    ready = runtime.account_ready
+    for gone in set(ready) - set(runtime.account_bodies):
+        del ready[gone]
+    runtime.metrics.set_accounts(ready)
 
 
 async def status_changes(
@@ -130,6 +139,7 @@ async def status_changes(
         ready = await prune(runtime, account, observation, may_declare, body, ready)
     else:  # not pruning (now): earlier sightings must not count later
         forget_sightings(runtime, account_name)
+    runtime.account_ready[name] = (ready.status, ready.reason)
     generation = (body.get("metadata") or {}).get("generation")
     refresh = runtime.config.sync_time_refresh_seconds
     desired = desired_status(status, generation, ready, registrations, observation, refresh)
@@ -220,6 +230,7 @@ async def _deregister_unmanaged(
         if live is None or live.url != url:
             return  # gone, or someone's new registration: not what was sighted twice
         await deregister(view, service)
+    runtime.metrics.pruned.inc()
     message = (
         f"Deregistered {service} callbacks of account {account.account_name} "
         f"({display_url(url)}): no ThingSpaceCallback declares them and callbackPolicy is "

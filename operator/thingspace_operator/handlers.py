@@ -220,7 +220,9 @@ async def refresh_unwatched_secrets(runtime: Runtime, users: SecretUsers) -> Non
     """Once per drift period, before the checks: forget the Secrets nobody references any
     longer, read again those no watch keeps fresh, and reconcile the users of any that
     changed. An unlabelled Secret's change so applies within one period."""
-    runtime.secrets.retain({*users, *runtime.account_secrets()})
+    referenced = {*users, *runtime.account_secrets()}
+    runtime.secrets.retain(referenced)
+    runtime.referenced_secrets = {f"{namespace}/{name}" for namespace, name in referenced}
     runtime.namespaces.retain({namespace for namespace, _ in runtime.account_callbacks()})
     gate = asyncio.Semaphore(16)
 
@@ -417,6 +419,8 @@ def resource_state(status: Mapping[str, Any]) -> ResourceState:
         ready=str(ready.get("status", "Unknown")),
         synced=str(synced.get("status", "Unknown")),
         managed=ready.get("status") == "True" and synced.get("reason") != "ObserveOnly",
+        ready_reason=str(ready.get("reason", "")),
+        synced_reason=str(synced.get("reason", "")),
     )
 
 

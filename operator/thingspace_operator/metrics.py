@@ -4,7 +4,14 @@ never an account credential, a URL or a callback password."""
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from .thingspace.errors import (
     AuthenticationFailed,
@@ -36,6 +43,8 @@ class ResourceState:
     ready: str
     synced: str
     managed: bool  # registration held by this resource (Ready, Manage, not in conflict)
+    ready_reason: str = ""
+    synced_reason: str = ""
 
 
 class Metrics:
@@ -73,8 +82,8 @@ class Metrics:
         )
         self.resources = Gauge(
             "thingspace_callbacks",
-            "ThingSpaceCallback resources by condition type and status.",
-            ["condition", "status"],
+            "ThingSpaceCallback resources by condition type, status and reason.",
+            ["condition", "status", "reason"],
             registry=self.registry,
         )
         self.registrations_managed = Gauge(
@@ -89,7 +98,28 @@ class Metrics:
             registry=self.registry,
         )
         self.leader.set(1)
+        self.accounts = Gauge(
+            "thingspace_accounts",
+            "ThingSpaceAccounts whose status this process reports, by Ready status and reason.",
+            ["status", "reason"],
+            registry=self.registry,
+        )
+        self.pruned = Counter(
+            "thingspace_registrations_pruned_total",
+            "Registrations an Authoritative ThingSpaceAccount deregistered because no "
+            "ThingSpaceCallback declares them.",
+            registry=self.registry,
+        )
+        self.rejected_credentials = Gauge(
+            "thingspace_rejected_credentials",
+            "Credential Secrets (at their current version) whose app key or UWS login "
+            "ThingSpace rejected: no login is tried with them until they change.",
+            registry=self.registry,
+        )
+        # process_resident_memory_bytes, process_cpu_seconds_total, process_start_time_seconds
+        ProcessCollector(registry=self.registry)
         self._states: dict[str, ResourceState] = {}
+        self._account_states: dict[str, tuple[str, str]] = {}
         self._server: WSGIServer | None = None
 
     def observe_call(self, endpoint: str, error: BaseException | None, seconds: float) -> None:
@@ -114,11 +144,22 @@ class Metrics:
             self._count(previous, -1)
             self._count(state, +1)
 
+    def set_accounts(self, states: dict[str, tuple[str, str]]) -> None:
+        """Every reported account's Ready (status, reason), by account name."""
+        for status, reason in set(self._account_states.values()) - set(states.values()):
+            self.accounts.remove(status, reason)
+        counts: dict[tuple[str, str], int] = {}
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        for (status, reason), count in counts.items():
+            self.accounts.labels(status, reason).set(count)
+        self._account_states = dict(states)
+
     def _count(self, state: ResourceState | None, delta: int) -> None:
         if state is None:
             return
-        self.resources.labels("Ready", state.ready).inc(delta)
-        self.resources.labels("Synced", state.synced).inc(delta)
+        self.resources.labels("Ready", state.ready, state.ready_reason).inc(delta)
+        self.resources.labels("Synced", state.synced, state.synced_reason).inc(delta)
         self.registrations_managed.inc(delta * state.managed)
 
     def serve(self, port: int) -> int:

@@ -110,6 +110,10 @@ class Runtime:
     """Where an account's credentials Secret is when its ref names no namespace."""
     accounts_left: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Accounts whose status another release writes, as logged: (its namespace, level)."""
+    account_ready: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Each reported account's Ready (status, reason), for the metrics."""
+    referenced_secrets: set[str] = field(default_factory=set)
+    """``namespace/name`` of every Secret a resource references, as of the last sweep."""
 
     @classmethod
     def create(cls, config: OperatorConfig, connection: KubeConnection) -> "Runtime":
@@ -132,6 +136,7 @@ class Runtime:
             sweep=DriftSweep(config.resync_seconds),
         )
         runtime.sweep.account_names = runtime.account_names  # log lines name accounts
+        metrics.rejected_credentials.set_function(runtime.rejected_secrets_in_use)
         return runtime
 
     def forget_callback(self, namespace: str, name: str) -> None:
@@ -230,6 +235,11 @@ class Runtime:
             (spec.secret_namespace or self.own_namespace, spec.secret_name)
             for spec in self.inventory.accounts.values()
         }
+
+    def rejected_secrets_in_use(self) -> int:
+        """Referenced Secrets whose current values ThingSpace rejected (a Secret nobody
+        uses any longer is no one's problem, though its record stays)."""
+        return len(self.clients.rejected.by_origin.keys() & self.referenced_secrets)
 
     def account_names(self) -> dict[str, str]:
         """ThingSpaceAccount name -> the billing account it holds."""

@@ -273,7 +273,7 @@ async def test_a_resource_deleted_unseen_leaves_the_drift_checks(
     # ... and by the gauges, which counted it Ready.
     registry = runtime.metrics.registry
     ready_now = registry.get_sample_value(
-        "thingspace_callbacks", {"condition": "Ready", "status": "True"}
+        "thingspace_callbacks", {"condition": "Ready", "status": "True", "reason": "Registered"}
     )
     assert not ready_now
     assert not registry.get_sample_value("thingspace_registrations_managed")

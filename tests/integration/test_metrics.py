@@ -22,7 +22,9 @@ async def scrape(runtime: Runtime) -> dict[tuple[str, tuple[tuple[str, str], ...
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of ``name``'s samples that carry ``labels`` (and any others)."""
+    wanted = set(labels.items())
+    return sum(v for (n, found), v in samples.items() if n == name and wanted <= set(found))
 
 
 async def test_metrics_tell_what_happened(operator: Runtime, cluster: Cluster, sim) -> None:
@@ -57,6 +59,9 @@ async def test_metrics_tell_what_happened(operator: Runtime, cluster: Cluster, s
     assert value(samples, "thingspace_callbacks", condition="Ready", status="True") == 1
     assert value(samples, "thingspace_callbacks", condition="Ready", status="False") == 2
     assert value(samples, "thingspace_callbacks", condition="Synced", status="False") == 1
+    assert value(samples, "thingspace_callbacks", condition="Synced", reason="Rejected") == 1
+    assert value(samples, "thingspace_rejected_credentials") == 0
+    assert value(samples, "process_resident_memory_bytes") > 0  # the dashboard's per-pod memory
     assert value(samples, "thingspace_registrations_managed") == 1
     assert value(samples, "thingspace_reconciles_total", trigger="change", result="Rejected") >= 1
 

@@ -12,6 +12,7 @@ from thingspace_operator import account_handlers
 from thingspace_operator.account import AccountSpec
 from thingspace_operator.kube.claims import Claim
 from thingspace_operator.kube.status import Condition
+from thingspace_operator.metrics import Metrics
 from thingspace_operator.thingspace.accounts import Observation
 from thingspace_operator.thingspace.errors import Unavailable
 from thingspace_operator.thingspace.models import Callback
@@ -68,6 +69,7 @@ def runtime(indexed: bool = True, namespaces: tuple[str, ...] = ()) -> Any:
         inventory_current=lambda: indexed,
         unmanaged={},
         lock_for=lambda *_: asyncio.Lock(),
+        metrics=Metrics(),
     )
 
 
@@ -91,16 +93,20 @@ async def test_an_undeclared_registration_goes_after_two_lists_a_period_apart(
     view: RecordingView,
 ) -> None:
     view.live = listed(PERIOD, QoS="https://a").callbacks
-    await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    rt = runtime()
+    await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
     assert view.deregistered == ["QoS"]
+    assert rt.metrics.registry.get_sample_value("thingspace_registrations_pruned_total") == 1
 
 
 async def test_a_registration_replaced_after_its_sightings_is_left(view: RecordingView) -> None:
     """Under the lock a fresh list decides: a handler whose resource the inventory does
     not show yet may have registered its own URL meanwhile."""
     view.live = listed(PERIOD, QoS="https://new-owner").callbacks
-    await prune_twice(runtime(), listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
+    rt = runtime()
+    await prune_twice(rt, listed(0, QoS="https://a"), listed(PERIOD, QoS="https://a"))
     assert view.deregistered == []
+    assert rt.metrics.registry.get_sample_value("thingspace_registrations_pruned_total") == 0
 
 
 async def test_a_list_failing_under_the_lock_prunes_nothing_and_reports_on(
