@@ -165,11 +165,10 @@ def build_registry(config: OperatorConfig, login: Login) -> kopf.OperatorRegistr
             message = "Waiting for the operator's watch of ThingSpaceCallbacks to show the deletion"
             raise kopf.TemporaryError(message, delay=backoff(retry, runtime.config)) from None
         _, heir = _ownership(runtime, runtime.inventory.claims, body, namespace)
-        owned = {spec.get("url", ""), (status.get("registration") or {}).get("url", "")}
         outcome = await reconciler.release(
             _namespaced(namespace),
             spec,
-            owned - {""},
+            owned_urls(spec, status),
             runtime,
             lambda: _ownership(runtime, runtime.inventory.claims, body, namespace)[0],
             status.get("accountName"),
@@ -411,6 +410,17 @@ def report(
         drift_corrected = outcome.event is not None and outcome.event.reason == "DriftCorrected"
         runtime.metrics.observe_reconcile(trigger, outcome.synced.reason, drift_corrected)
         runtime.metrics.set_state(str(meta.get("uid")), resource_state(desired))
+
+
+def owned_urls(spec: Mapping[str, Any], status: Mapping[str, Any]) -> set[str]:
+    """What a deletion may deregister: the URL the spec declares, and the one the status
+    last confirmed as this resource's own (Ready=True is written with the registration it
+    found equal to the spec). A registration the status merely shows (someone else's, one
+    a callback deleted with Orphan left, a drifted one) is not this resource's."""
+    urls = {spec.get("url", "")}
+    if condition(status, READY).get("status") == "True":
+        urls.add((status.get("registration") or {}).get("url", ""))
+    return urls - {""}
 
 
 def resource_state(status: Mapping[str, Any]) -> ResourceState:

@@ -237,6 +237,27 @@ async def test_differing_registration_is_replaced_and_the_old_url_recorded(
     assert any("replacing https://hand-made.example.com/qos" in m for m in messages)
 
 
+async def test_a_registration_only_seen_is_not_deregistered_on_delete(
+    operator, cluster: Cluster, ctl: SimControl
+) -> None:
+    """A callback deleted before it could replace what it found (someone else's, or one
+    left by a callback deleted with Orphan) leaves it: its status showed that
+    registration, but never as its own. Found by the chaos soak."""
+    await ctl.set_registration(ACCOUNT, "QoS", url="https://left-by-orphan.example.com/qos")
+    await ctl.fault("register", "status", status=503, count=None)
+    await cluster.create_callback("qos")
+    await eventually(lambda: condition(cluster, "qos", "Ready") == ("False", "Unavailable"))
+    shown = cluster.callback("qos")["status"]["registration"]["url"]
+    assert shown == "https://left-by-orphan.example.com/qos"
+    await ctl.request("DELETE", "faults")
+
+    await cluster.delete_callback("qos")
+    await eventually(lambda: cluster.callback("qos") is None)
+    assert await ctl.calls("deregister") == 0
+    live = (await ctl.registrations())[ACCOUNT][0]
+    assert live["url"] == "https://left-by-orphan.example.com/qos"
+
+
 async def test_observe_only_reports_and_never_writes(
     start_operator: OperatorFactory, cluster: Cluster, ctl: SimControl
 ) -> None:

@@ -5,7 +5,7 @@ import json
 import kopf
 import pytest
 
-from thingspace_operator.handlers import HandledConfiguration, desired_status
+from thingspace_operator.handlers import HandledConfiguration, desired_status, owned_urls
 from thingspace_operator.kube.status import (
     Condition,
     changed_fields,
@@ -132,3 +132,21 @@ def test_any_rfc3339_last_sync_time_is_read_and_nothing_else_fails(
 ) -> None:
     """A lastSyncTime written by someone else must not fail every reconcile."""
     assert older_than(timestamp, 3600) is old
+
+
+@pytest.mark.parametrize(
+    ("ready", "owned"),
+    [
+        ("True", {"https://spec.example/", "https://earlier-spec.example/"}),
+        ("False", {"https://spec.example/"}),  # shown, never confirmed as its own
+        ("Unknown", {"https://spec.example/"}),
+    ],
+)
+def test_a_deletion_owns_the_spec_url_and_the_registration_last_confirmed(
+    ready: str, owned: set[str]
+) -> None:
+    status = {
+        "conditions": [{"type": "Ready", "status": ready, "reason": "Any"}],
+        "registration": {"url": "https://earlier-spec.example/"},
+    }
+    assert owned_urls({"url": "https://spec.example/"}, status) == owned
