@@ -3,14 +3,17 @@ real listeners on local ports over real HTTP: envelope, echoed credentials, retr
 archive, history, and the ``thingspace-sim send`` command."""
 
 import asyncio
+import base64
 import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -19,8 +22,15 @@ from aiohttp import web
 from tests.conftest import eventually
 from tests.harness.demo import free_port
 from tests.simctl import SimControl
-from thingspace_operator.simulator import SimulatorConfig, SimulatorServer
+from thingspace_operator.simulator import (
+    DEMO_APPS,
+    DEMO_USERS,
+    SimulatorConfig,
+    SimulatorServer,
+    cli,
+)
 from thingspace_operator.simulator.samples import sample_services
+from thingspace_operator.thingspace.services import ALLOWED_LISTENER_PORTS
 
 ACCOUNT = "0000123456-00001"
 SCRIPT = Path(sys.executable).parent / "thingspace-sim"
@@ -44,11 +54,18 @@ class Listener:
     on_request: Callable[[], Awaitable[None]] | None = None
     #: Set when the test ends: answers held back (status 0) go out then.
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by every request the listener receives (the test clears it to wait for the next).
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When given: each answer waits until the test sets it (or the test ends).
+    hold: asyncio.Event | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.received.append(Received(dict(request.headers), await request.json()))
+        self.arrived.set()
         if self.on_request is not None:
             await self.on_request()
+        if self.hold is not None:
+            await self.hold.wait()
         status = self.statuses.pop(0) if self.statuses else 200
         if status == 0:  # no answer until the test ends: the simulator's attempt times out
             await self.released.wait()
@@ -57,6 +74,11 @@ class Listener:
 
     def bodies(self, key: str) -> list[Any]:
         return [item.body[key] for item in self.received]
+
+    def release_all(self) -> None:
+        self.released.set()
+        if self.hold is not None:
+            self.hold.set()
 
 
 @pytest.fixture
@@ -70,7 +92,7 @@ async def new_listener() -> AsyncIterator[Callable[[], Awaitable[Listener]]]:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            stack.callback(listener.released.set)
+            stack.callback(listener.release_all)
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             listener.url = f"http://127.0.0.1:{runner.addresses[0][1]}/callbacks"
@@ -141,10 +163,13 @@ async def test_message_has_the_envelope_and_echoes_the_callback_credentials(
     assert {"qosSubscriptionId", "reportedTime", "qosEvent"} <= set(qos)
     assert entry["requestId"] == accepted["requestId"]
     assert (entry["account"], entry["service"]) == (ACCOUNT, "QoS")
+    assert (entry["status"], entry["state"], entry["maxAttempts"]) == ("delivered", "delivered", 4)
     [attempt] = entry["attempts"]
     assert (attempt["number"], attempt["url"], attempt["status"]) == (1, listener.url, 200)
+    assert attempt["state"] == "delivered"
+    assert attempt["at"] <= attempt["finishedAt"]
     assert "error" not in attempt
-    assert "reason" not in entry
+    assert not {"reason", "nextAttemptAt"} & set(entry)
 
 
 async def test_without_credentials_none_are_echoed(ctl: SimControl, listener: Listener) -> None:
@@ -222,9 +247,11 @@ async def test_archived_after_four_failed_attempts(ctl: SimControl, listener: Li
     await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
     listener.statuses = [500, 502, 404, 500]  # a fifth attempt would succeed
     entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
-    assert entry["status"] == "archived"
+    assert (entry["status"], entry["state"]) == ("archived", "archived")
     assert "4 attempts" in entry["reason"]
     assert [a["status"] for a in entry["attempts"]] == [500, 502, 404, 500]
+    assert [a["state"] for a in entry["attempts"]] == ["failed"] * 4
+    assert "nextAttemptAt" not in entry
     assert len(listener.received) == 4
     assert listener.bodies("callbackCount") == [1, 2, 3, 4]
 
@@ -238,15 +265,17 @@ async def test_timeouts_redirects_and_refused_connections_are_failures(
     entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
     assert entry["status"] == "delivered"
     first, second, third = entry["attempts"]
-    assert (first["status"], first["error"]) == (None, "no answer within 0.2 s")
-    assert (second["status"], third["status"]) == (302, 200)
+    assert (first["state"], first["status"]) == ("failed", None)
+    assert first["error"] == "no answer within 0.2 s"
+    assert (second["state"], second["status"]) == ("failed", 302)
+    assert (third["state"], third["status"]) == ("delivered", 200)
     assert len(listener.received) == 3
 
     closed = f"http://127.0.0.1:{free_port()}/callbacks"
     await ctl.set_registration(ACCOUNT, "CarrierService", url=closed)
     entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "CarrierService"))["id"])
     assert entry["status"] == "archived"
-    assert [a["status"] for a in entry["attempts"]] == [None] * 4
+    assert [(a["state"], a["status"]) for a in entry["attempts"]] == [("failed", None)] * 4
     assert all(a["error"] for a in entry["attempts"])
 
 
@@ -279,6 +308,139 @@ async def test_a_deregistration_between_attempts_archives_without_a_request(
     assert entry["status"] == "archived"
     assert "deregistered" in entry["reason"]
     assert len(entry["attempts"]) == len(listener.received) == 1
+
+
+# --- where a message is: queued, in flight, retrying, delivered, archived -----------------
+
+WAIT = 10.0  # seconds a test waits for the listener, at most
+
+
+async def test_an_attempt_without_an_answer_yet_is_in_flight_then_final(
+    ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    listener.hold = asyncio.Event()
+    accepted = await ctl.deliver(ACCOUNT, "QoS")
+    await asyncio.wait_for(listener.arrived.wait(), WAIT)  # the listener holds its answer
+
+    waiting = await ctl.delivery(accepted["id"])
+    assert (waiting["status"], waiting["state"]) == ("pending", "in_flight")
+    [attempt] = waiting["attempts"]
+    assert (attempt["state"], attempt["status"]) == ("in_flight", None)
+    assert attempt["url"] == listener.url
+    assert not {"error", "finishedAt"} & set(attempt)
+    [listed] = await ctl.request("GET", "deliveries")
+    assert listed == waiting
+
+    listener.hold.set()
+    entry = await finished(ctl, accepted["id"])
+    assert (entry["status"], entry["state"]) == ("delivered", "delivered")
+    [attempt] = entry["attempts"]
+    assert (attempt["state"], attempt["status"]) == ("delivered", 200)
+    assert "finishedAt" in attempt
+
+
+async def test_after_a_failed_attempt_the_message_is_retrying_until_the_next(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.request("PUT", "config", {"delivery_retry_seconds": 300})
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    listener.statuses = [503]
+    accepted = await ctl.deliver(ACCOUNT, "QoS")
+
+    async def retrying() -> dict[str, Any] | None:
+        entry = await ctl.delivery(accepted["id"])
+        return entry if entry["state"] == "retrying" else None
+
+    entry = await eventually(retrying, timeout=WAIT, what="first attempt failed")
+    assert entry["status"] == "pending"
+    [attempt] = entry["attempts"]
+    assert (attempt["state"], attempt["status"]) == ("failed", 503)
+    failed_at = datetime.fromisoformat(attempt["finishedAt"])
+    next_at = datetime.fromisoformat(entry["nextAttemptAt"])
+    assert 299 <= (next_at - failed_at).total_seconds() <= 301
+    assert sim.deliveries.running == 1
+
+
+async def test_a_message_is_queued_until_its_first_attempt_starts(
+    sim: SimulatorServer, ctl: SimControl, listener: Listener
+) -> None:
+    await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+    delivery = sim.deliveries.send(ACCOUNT, "QoS")  # no await: its task has not run yet
+    entry = delivery.as_json()
+    assert (entry["status"], entry["state"], entry["attempts"]) == ("pending", "queued", [])
+    assert (await finished(ctl, delivery.id))["state"] == "delivered"
+
+
+async def test_stopping_the_simulator_ends_an_attempt_in_flight(listener: Listener) -> None:
+    listener.hold = asyncio.Event()
+    async with SimulatorServer(FAST) as sim:
+        ctl = SimControl(sim.url)
+        await ctl.set_registration(ACCOUNT, "QoS", url=listener.url)
+        accepted = await ctl.deliver(ACCOUNT, "QoS")
+        await asyncio.wait_for(listener.arrived.wait(), WAIT)
+        delivery = sim.deliveries.history[accepted["id"]]
+    entry = delivery.as_json()
+    assert (entry["status"], entry["state"]) == ("archived", "archived")
+    assert entry["reason"] == "the simulator was reset or stopped"
+    [attempt] = entry["attempts"]
+    assert (attempt["state"], attempt["status"]) == ("failed", None)
+    assert attempt["error"].startswith("not finished")
+
+
+# --- the listener port rule --------------------------------------------------------------
+
+
+async def register_through_the_api(sim_url: str, url: str) -> tuple[int, dict[str, Any]]:
+    """Token, login and register with the demo credentials, as a listener author does."""
+    async with aiohttp.ClientSession() as http:
+        key_secret = ":".join(next(iter(DEMO_APPS.items())))
+        async with http.post(
+            f"{sim_url}/api/ts/v1/oauth2/token",
+            headers={"Authorization": "Basic " + base64.b64encode(key_secret.encode()).decode()},
+            data={"grant_type": "client_credentials"},
+        ) as answer:
+            bearer = {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+        user, password = next(iter(DEMO_USERS.items()))
+        async with http.post(
+            f"{sim_url}/api/m2m/v1/session/login",
+            headers=bearer,
+            json={"username": user, "password": password},
+        ) as answer:
+            session = {**bearer, "VZ-M2M-Token": (await answer.json())["sessionToken"]}
+        async with http.post(
+            f"{sim_url}/api/m2m/v1/callbacks/{ACCOUNT}",
+            headers=session,
+            json={"name": "QoS", "url": url, "username": "cb-user", "password": "cb-secret"},
+        ) as answer:
+            return answer.status, await answer.json()
+
+
+async def test_a_listener_on_a_random_port_needs_allow_any_listener_port(
+    new_listener: Callable[[], Awaitable[Listener]],
+) -> None:
+    listener = await new_listener()
+    while urlsplit(listener.url).port in ALLOWED_LISTENER_PORTS:  # a random high port
+        listener = await new_listener()
+    parse = cli.serve_parser().parse_args
+
+    async with SimulatorServer(cli.config_from_args(parse([]))) as sim:
+        status, answer = await register_through_the_api(sim.url, listener.url)
+        assert (status, answer["errorCode"]) == (
+            400,
+            "UnifiedWebService.INPUT_INVALID.Url.PortNotAllowed",
+        )
+        assert await SimControl(sim.url).registrations() == {}
+
+    flags = ["--allow-any-listener-port", "--delivery-retry-seconds", "0.05"]
+    async with SimulatorServer(cli.config_from_args(parse(flags))) as sim:
+        status, answer = await register_through_the_api(sim.url, listener.url)
+        assert (status, answer) == (200, {"accountName": ACCOUNT, "serviceName": "QoS"})
+        ctl = SimControl(sim.url)
+        listener.statuses = [500]
+        entry = await finished(ctl, (await ctl.deliver(ACCOUNT, "QoS"))["id"])
+    assert [a["status"] for a in entry["attempts"]] == [500, 200]
+    assert listener.bodies("password") == ["cb-secret"] * 2
 
 
 # --- triggers and history ----------------------------------------------------------------
@@ -481,6 +643,15 @@ async def test_send_command_against_a_simulator_process(
     accepted, final = (json.loads(line) for line in out.splitlines())
     assert set(accepted) == {"id", "requestId"}
     assert (final["status"], len(final["attempts"])) == ("delivered", 2)
+    progress = [line for line in err.splitlines() if "retrying" not in line]  # maybe unseen
+    number = accepted["id"]
+    assert progress == [
+        f"delivery {number}: attempt 1 of 4 to {listener.url} started {final['attempts'][0]['at']}",
+        f"delivery {number}: attempt 1 failed: HTTP 500",
+        f"delivery {number}: attempt 2 of 4 to {listener.url} started {final['attempts'][1]['at']}",
+        f"delivery {number}: attempt 2 delivered: HTTP 200",
+        f"delivery {number}: delivered",
+    ]
     assert listener.bodies("requestId") == [accepted["requestId"]] * 2
     assert listener.bodies("password") == ["pw", "pw"]
 

@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.controlplane import free_port
 from tests.simctl import SimControl
 from thingspace_operator.simulator import SimulatorConfig, SimulatorServer, cli
-from thingspace_operator.simulator.state import DEMO_APPS, DEMO_USERS
+from thingspace_operator.simulator.state import DEMO_APPS, DEMO_USERS, LIVE_SETTINGS
 
 ACCOUNT = "0000123456-00001"
 BASIC = "Basic " + base64.b64encode(b"demo-app-key:demo-app-secret").decode()
@@ -248,6 +248,20 @@ async def test_allowed_ports_are_accepted(api: Api) -> None:
         assert (await api.m2m("POST", f"/callbacks/{ACCOUNT}", json=body))[0] == 200
 
 
+async def test_listener_port_rule_follows_thingspace_unless_turned_off(
+    api: Api, sim: SimulatorServer
+) -> None:
+    body = {"name": "QoS", "url": "http://127.0.0.1:38123/hook"}
+    status, result, _ = await api.m2m("POST", f"/callbacks/{ACCOUNT}", json=body)
+    assert (status, code(result)) == (400, "UnifiedWebService.INPUT_INVALID.Url.PortNotAllowed")
+    assert "80, 443, 9001-9006" in result["errorMessage"]
+    assert "--allow-any-listener-port" in result["errorMessage"]
+    await SimControl(sim.url).request("PUT", "config", {"enforce_listener_ports": False})
+    assert (await api.m2m("POST", f"/callbacks/{ACCOUNT}", json=body))[0] == 200
+    listed = (await api.m2m("GET", f"/callbacks/{ACCOUNT}"))[1]
+    assert [item["url"] for item in listed] == ["http://127.0.0.1:38123/hook"]
+
+
 async def test_restricted_accounts_reject_unknown_ones(clock: Clock) -> None:
     config = SimulatorConfig(accounts=frozenset({"TestAccount-2"}))
     async with SimulatorServer(config, clock=clock) as server, aiohttp.ClientSession() as http:
@@ -353,10 +367,19 @@ async def test_bad_control_requests_are_refused(sim: SimulatorServer) -> None:
         for method, path, body in [
             ("POST", "faults", {"endpoint": "nope", "kind": "status"}),
             ("PUT", "config", {"apps": {}}),
+            ("PUT", "config", ["latency_seconds"]),
+            ("PUT", "config", {"enforce_listener_ports": "false"}),
+            ("PUT", "config", {"duplicate_register": "maybe"}),
+            ("PUT", "config", {"empty_list_body": None}),
+            ("PUT", "config", {"delivery_retry_seconds": -1}),
+            ("PUT", "config", {"delivery_timeout_seconds": True}),
+            ("PUT", "config", {"latency_seconds": float("inf")}),
             ("PUT", f"registrations/{ACCOUNT}/QoS", {"no": "url"}),
         ]:
             async with http.request(method, f"{sim.url}/_sim/{path}", json=body) as response:
-                assert response.status == 400
+                assert response.status == 400, body
+                assert (await response.json())["error"]
+    assert sim.state.config == SimulatorConfig()
 
 
 async def test_simulator_logs_carry_no_passwords(
@@ -437,3 +460,62 @@ def test_the_simulator_listens_before_it_loads_its_server(
     assert handed[0] is not None
     assert handed[0].getsockname()[1] == port
     handed[0].close()
+
+
+# --- thingspace-sim serve: settings ------------------------------------------------------
+
+#: A flag for every live setting, with a value other than the default.
+SETTING_FLAGS = {
+    "enforce_listener_ports": (["--allow-any-listener-port"], False),
+    "delivery_retry_seconds": (["--delivery-retry-seconds", "2"], 2.0),
+    "delivery_timeout_seconds": (["--delivery-timeout-seconds", "3.5"], 3.5),
+    "latency_seconds": (["--latency-seconds", "0.25"], 0.25),
+    "session_idle_seconds": (["--session-idle-seconds", "60"], 60.0),
+    "duplicate_register": (["--duplicate-register", "reject"], "reject"),
+    "empty_list_body": (["--empty-list-body", "empty"], "empty"),
+}
+
+
+def test_every_live_setting_has_a_flag_with_the_default_of_the_config() -> None:
+    assert set(SETTING_FLAGS) == set(LIVE_SETTINGS) == set(cli.setting_help())
+    assert serve_config() == SimulatorConfig()
+
+
+@pytest.mark.parametrize("setting", sorted(SETTING_FLAGS))
+def test_each_setting_flag_reaches_the_config(setting: str) -> None:
+    argv, value = SETTING_FLAGS[setting]
+    config = serve_config(*argv)
+    assert getattr(config, setting) == value
+    others = {name: getattr(config, name) for name in LIVE_SETTINGS if name != setting}
+    assert others == {name: getattr(SimulatorConfig(), name) for name in others}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--delivery-retry-seconds", "-1"],
+        ["--delivery-timeout-seconds", "inf"],
+        ["--latency-seconds", "nan"],
+        ["--session-idle-seconds", "soon"],
+        ["--duplicate-register", "maybe"],
+        ["--empty-list-body", "null"],
+        ["--allow-any-listener-port=yes"],
+    ],
+)
+def test_bad_setting_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.serve_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert argv[0].split("=")[0] in capsys.readouterr().err
+
+
+async def test_get_config_shows_the_flags_and_put_config_changes_them(clock: Clock) -> None:
+    argv = [arg for flag, _ in SETTING_FLAGS.values() for arg in flag]
+    flagged = {name: value for name, (_, value) in SETTING_FLAGS.items()}
+    async with SimulatorServer(serve_config(*argv), clock=clock) as server:
+        ctl = SimControl(server.url)
+        assert await ctl.request("GET", "config") == flagged
+        defaults = {name: getattr(SimulatorConfig(), name) for name in LIVE_SETTINGS}
+        assert await ctl.request("PUT", "config", defaults) == defaults
+        assert await ctl.request("GET", "config") == defaults
+        assert server.state.config == SimulatorConfig()

@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request, SimulatorState], Awaitable[Any]]
 
 
+def port_ranges(ports: frozenset[int]) -> str:
+    """``80, 443, 9001-9006, ...``: ``ports`` as ascending ranges."""
+    ranges: list[list[int]] = []
+    for port in sorted(ports):
+        if ranges and port == ranges[-1][1] + 1:
+            ranges[-1][1] = port
+        else:
+            ranges.append([port, port])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+#: The listener ports ThingSpace accepts, as people read them.
+ALLOWED_PORTS_TEXT = port_ranges(ALLOWED_LISTENER_PORTS)
+
+
 def api(endpoint: str, account_param: bool = False) -> Callable[[Handler], Callable[..., Any]]:
     """Wrap a route: latency, injected faults, error envelopes and request counting."""
 
@@ -258,7 +273,11 @@ def _check_url(url: str, config: SimulatorConfig) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise error(f"{UWS}.INPUT_INVALID.Url.Invalid", "url must be an http(s) URL")
     if config.enforce_listener_ports and port not in ALLOWED_LISTENER_PORTS:
-        raise error(f"{UWS}.INPUT_INVALID.Url.PortNotAllowed", f"Port {port} is not allowed")
+        raise error(
+            f"{UWS}.INPUT_INVALID.Url.PortNotAllowed",
+            f"Port {port} is not allowed: ThingSpace accepts {ALLOWED_PORTS_TEXT} "
+            "(simulator: thingspace-sim --allow-any-listener-port accepts any port)",
+        )
 
 
 def _credential(body: Mapping[str, Any], key: str, label: str) -> str:

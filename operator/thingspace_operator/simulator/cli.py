@@ -1,10 +1,12 @@
 """The ``thingspace-sim`` command.
 
-``thingspace-sim [serve] [--host H] [--port P] ...`` serves the simulator (``serve`` may be
-left out); accepted credentials may also come from ``THINGSPACE_SIM_APPS`` and
-``THINGSPACE_SIM_USERS``, which keep secrets out of argv. ``thingspace-sim send --account A
---service S [--payload FILE] [--wait]`` asks a running simulator to deliver one callback
-message to what is registered there.
+``thingspace-sim [serve] [--host H] [--port P] ...`` serves the simulator (``serve`` may
+be left out); every live setting of ``PUT /_sim/config`` has a flag
+(``--allow-any-listener-port``, ``--delivery-retry-seconds`` ...). Accepted credentials
+may also come from ``THINGSPACE_SIM_APPS`` and ``THINGSPACE_SIM_USERS``, which keep
+secrets out of argv. ``thingspace-sim send --account A --service S [--payload FILE]
+[--wait]`` asks a running simulator to deliver one callback message to what is
+registered there.
 
 aiohttp and the simulator's modules are imported inside the functions, after ``main``
 has installed its SIGTERM handler (the package imports them lazily too).
@@ -12,6 +14,7 @@ has installed its SIGTERM handler (the package imports them lazily too).
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,13 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SIM_URL = "http://127.0.0.1:8088"
 POLL_SECONDS = 0.1
-#: Serve flags (``--session-idle-seconds`` ...) for these settings, defaults from
-#: ``SimulatorConfig``.
-TIME_SETTINGS = {
-    "session_idle_seconds": "idle time after which session tokens expire",
-    "delivery_retry_seconds": "wait between attempts to deliver a callback message",
-    "delivery_timeout_seconds": "time one delivery attempt may take",
-}
 #: Accepted credentials from the environment, comma-separated: secrets in argv show in
 #: /proc/*/cmdline and ps. Flags add to them (a flag wins for the same key or name).
 APPS_ENV = "THINGSPACE_SIM_APPS"
@@ -60,6 +56,8 @@ def seconds(value: str) -> float:
     number = float(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds")
     return number
 
 
@@ -104,7 +102,7 @@ def run_simulator(
 
 
 def serve_parser() -> argparse.ArgumentParser:
-    from .state import SimulatorConfig
+    from .state import CHOICE_SETTINGS, SimulatorConfig
 
     parser = argparse.ArgumentParser(
         prog="thingspace-sim",
@@ -115,8 +113,17 @@ def serve_parser() -> argparse.ArgumentParser:
         "--app and --user add to them. "
         "thingspace-sim send --help: ask a running simulator to deliver a callback.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8088)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 to be reached from elsewhere)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8088,
+        help="port of the ThingSpace API and of /_sim/ (default 8088)",
+    )
     parser.add_argument(
         "--app",
         action="append",
@@ -138,16 +145,68 @@ def serve_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="existing account (repeatable; default: any well-formed name)",
     )
-    for setting, what in TIME_SETTINGS.items():
-        default = getattr(SimulatorConfig, setting)
-        parser.add_argument(
-            "--" + setting.replace("_", "-"),
-            type=seconds,
-            default=default,
-            metavar="SECONDS",
-            help=f"{what} (default {default:g})",
-        )
+    settings = parser.add_argument_group(
+        "settings",
+        "Each can also be changed while the simulator runs: PUT /_sim/config with its "
+        'name, e.g. {"delivery_retry_seconds": 2}; GET /_sim/config shows them all.',
+    )
+    for name, help_text in setting_help().items():
+        default = getattr(SimulatorConfig, name)
+        flag = "--" + name.replace("_", "-")
+        if name == "enforce_listener_ports":
+            settings.add_argument(
+                "--allow-any-listener-port",
+                dest=name,
+                action="store_false",
+                default=default,
+                help=help_text,
+            )
+        elif name in CHOICE_SETTINGS:
+            settings.add_argument(
+                flag,
+                dest=name,
+                choices=CHOICE_SETTINGS[name],
+                default=default,
+                help=f"{help_text} (default {default}; config key {name})",
+            )
+        else:
+            settings.add_argument(
+                flag,
+                dest=name,
+                type=seconds,
+                default=default,
+                metavar="SECONDS",
+                help=f"{help_text} (default {default:g}; config key {name})",
+            )
     return parser
+
+
+def setting_help() -> dict[str, str]:
+    """What each live setting does and why one would change it: the flags' help."""
+    from .api import ALLOWED_PORTS_TEXT
+    from .delivery import MAX_ATTEMPTS
+
+    return {
+        "enforce_listener_ports": "accept a listener URL on any port. ThingSpace accepts "
+        f"only ports {ALLOWED_PORTS_TEXT} and refuses others with Url.PortNotAllowed; "
+        "by default the simulator does the same. Use this for a listener on a random local "
+        "port such as http://127.0.0.1:38123/hook (config key enforce_listener_ports: "
+        "false)",
+        "delivery_retry_seconds": "wait after a failed delivery attempt (no 2xx answer) "
+        f"before the next one, up to {MAX_ATTEMPTS} attempts in all. ThingSpace waits five "
+        "minutes; a few seconds let you watch a listener's retries",
+        "delivery_timeout_seconds": "how long one delivery attempt waits for the listener's "
+        "answer; after that it counts as failed, like an answer other than 2xx",
+        "latency_seconds": "delay before every answer of the ThingSpace API (/api/...), "
+        "to see how a client copes with a slow ThingSpace; not /_sim/, not deliveries",
+        "session_idle_seconds": "idle time after which a session token (VZ-M2M-Token) "
+        "expires; ThingSpace: 20 minutes. Lower it to test logging in again",
+        "duplicate_register": "registering a service that is already registered: upsert "
+        "replaces it, reject refuses with Callback.AlreadyRegistered; ThingSpace does not "
+        "document which it does",
+        "empty_list_body": "the callback list when nothing is registered: array answers [], "
+        "empty a zero-length body; ThingSpace documents an empty body without saying which",
+    }
 
 
 def _pairs(values: Sequence[str], what: str, form: str) -> dict[str, str]:
@@ -175,7 +234,7 @@ def config_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> "SimulatorConfig":
     """The serve configuration from ``args`` and the credentials in ``environ``."""
-    from .state import DEMO_APPS, DEMO_USERS, SimulatorConfig
+    from .state import DEMO_APPS, DEMO_USERS, LIVE_SETTINGS, SimulatorConfig
 
     environ = environ or {}
     apps = _credentials(environ, APPS_ENV, args.app, "--app", "KEY:SECRET")
@@ -184,7 +243,7 @@ def config_from_args(
         apps=apps or dict(DEMO_APPS),
         users=users or dict(DEMO_USERS),
         accounts=frozenset(args.account) if args.account else None,
-        **{setting: getattr(args, setting) for setting in TIME_SETTINGS},
+        **{setting: getattr(args, setting) for setting in LIVE_SETTINGS},
     )
 
 
@@ -220,7 +279,8 @@ def send_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--wait",
         action="store_true",
-        help="wait until delivered (exit 0) or archived (exit 1), print the history entry",
+        help="wait until delivered (exit 0) or archived (exit 1), show each attempt on "
+        "stderr as it goes, then print the history entry",
     )
     parser.add_argument("--wait-timeout", type=seconds, metavar="SECONDS", help="give up then")
     args = parser.parse_args(argv)
@@ -262,16 +322,42 @@ async def _send(url: str, body: dict[str, Any], wait: bool, give_up: float | Non
         print(json.dumps(accepted), flush=True)
         if not wait:
             return True
+        shown: list[str] = []
         try:
             async with asyncio.timeout(give_up):
                 while True:
                     entry = await _call(http, "GET", f"{url}/_sim/deliveries/{accepted['id']}")
+                    _show_progress(entry, shown)
                     if entry["status"] != "pending":
                         print(json.dumps(entry), flush=True)
                         return bool(entry["status"] == "delivered")
                     await asyncio.sleep(POLL_SECONDS)
         except TimeoutError:
             raise SendFailed(f"still pending after {give_up:g} s") from None
+
+
+def _show_progress(entry: dict[str, Any], shown: list[str]) -> None:
+    """Print on stderr each step of ``entry`` not in ``shown`` yet (stdout stays JSON)."""
+    steps = []
+    for attempt in entry.get("attempts", []):
+        number = attempt["number"]
+        steps.append(
+            f"attempt {number} of {entry.get('maxAttempts', '?')} to {attempt['url']} "
+            f"started {attempt['at']}"
+        )
+        if attempt.get("state") != "in_flight":
+            answer = f"HTTP {attempt['status']}" if attempt["status"] is not None else ""
+            why = ", ".join(part for part in (answer, attempt.get("error", "")) if part)
+            steps.append(f"attempt {number} {attempt.get('state')}: {why}")
+    if entry.get("state") == "retrying":
+        next_number = len(entry["attempts"]) + 1
+        steps.append(f"retrying: attempt {next_number} at {entry.get('nextAttemptAt')}")
+    if entry["status"] != "pending":
+        steps.append(entry["status"] + (f": {entry['reason']}" if entry.get("reason") else ""))
+    for step in steps:
+        if step not in shown:
+            shown.append(step)
+            print(f"delivery {entry['id']}: {step}", file=sys.stderr, flush=True)
 
 
 async def _call(http: "aiohttp.ClientSession", method: str, url: str, body: Any = None) -> Any:

@@ -1,5 +1,6 @@
 """The ``/_sim/`` control surface: JSON over HTTP, no authentication (tests, demo, bench)."""
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -7,23 +8,16 @@ from aiohttp import web
 
 from .delivery import DELIVERIES, Deliveries, NotRegistered
 from .faults import ENDPOINTS, FAULT_KINDS, Fault
-from .state import STATE, Registration, SimulatorState
+from .state import (
+    BOOLEAN_SETTINGS,
+    CHOICE_SETTINGS,
+    LIVE_SETTINGS,
+    NUMERIC_SETTINGS,
+    STATE,
+    Registration,
+    SimulatorState,
+)
 
-LIVE_SETTINGS = (
-    "latency_seconds",
-    "session_idle_seconds",
-    "duplicate_register",
-    "empty_list_body",
-    "enforce_listener_ports",
-    "delivery_retry_seconds",
-    "delivery_timeout_seconds",
-)
-NUMERIC_SETTINGS = (
-    "latency_seconds",
-    "session_idle_seconds",
-    "delivery_retry_seconds",
-    "delivery_timeout_seconds",
-)
 TRIGGER_FIELDS = ("account", "service", "payload", "deviceIds")
 
 
@@ -142,19 +136,40 @@ async def sim_reset(request: web.Request) -> web.Response:
 
 async def sim_config(request: web.Request) -> web.Response:
     state = _state(request)
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    problem = _config_problem(body)
+    if problem:
+        return _refused(problem)
+    state.config = replace(state.config, **body)
+    return await sim_show_config(request)
+
+
+async def sim_show_config(request: web.Request) -> web.Response:
+    config = _state(request).config
+    return web.json_response({name: getattr(config, name) for name in LIVE_SETTINGS})
+
+
+def _config_problem(body: Any) -> str:
+    if not isinstance(body, dict):
+        return f"body must be a JSON object with some of {list(LIVE_SETTINGS)}"
     unknown = set(body) - set(LIVE_SETTINGS)
     if unknown:
-        return _refused(f"cannot change {sorted(unknown)}")
-    for name in set(body) & set(NUMERIC_SETTINGS):
-        if not _is_number(body[name]) or body[name] < 0:
-            return _refused(f"{name} must be a number of seconds, 0 or more")
-    state.config = replace(state.config, **body)
-    return web.json_response({k: getattr(state.config, k) for k in LIVE_SETTINGS})
+        return f"cannot change {sorted(unknown)}; settings: {list(LIVE_SETTINGS)}"
+    for name, value in body.items():
+        if name in NUMERIC_SETTINGS and (not _is_number(value) or value < 0):
+            return f"{name} must be a number of seconds, 0 or more"
+        if name in BOOLEAN_SETTINGS and not isinstance(value, bool):
+            return f"{name} must be true or false"
+        if name in CHOICE_SETTINGS and value not in CHOICE_SETTINGS[name]:
+            return f"{name} must be one of {list(CHOICE_SETTINGS[name])}"
+    return ""
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- deliveries ------------------------------------------------------------------------
@@ -250,6 +265,7 @@ ROUTES = [
     web.delete("/_sim/requests", sim_reset_requests),
     web.get("/_sim/logins", sim_logins),
     web.post("/_sim/reset", sim_reset),
+    web.get("/_sim/config", sim_show_config),
     web.put("/_sim/config", sim_config),
     web.post("/_sim/deliveries", sim_deliver),
     web.get("/_sim/deliveries", sim_deliveries),

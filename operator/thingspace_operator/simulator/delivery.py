@@ -41,7 +41,15 @@ ENVELOPE_FIELDS = frozenset(
     }
 )
 
+#: The coarse life cycle of a message: ``pending`` until delivered or archived.
 Status = Literal["pending", "delivered", "archived"]
+#: Where a message is now: ``queued`` (no attempt started yet), ``in_flight`` (an attempt
+#: waits for the listener's answer), ``retrying`` (an attempt failed; the next one starts
+#: at ``nextAttemptAt``), then ``delivered`` or ``archived`` for good.
+DeliveryState = Literal["queued", "in_flight", "retrying", "delivered", "archived"]
+#: One attempt: ``in_flight`` until the listener answers or it fails; ``delivered`` on a
+#: 2xx; ``failed`` on any other status or no answer (``error`` says why).
+AttemptState = Literal["in_flight", "delivered", "failed"]
 
 
 class NotRegistered(LookupError):
@@ -53,14 +61,35 @@ class Attempt:
     number: int
     url: str
     at: str
+    state: AttemptState = "in_flight"
     status: int | None = None
     error: str = ""
+    finished_at: str = ""
+
+    def answered(self, status: int) -> None:
+        self.status = status
+        self.finish("delivered" if 200 <= status < 300 else "failed")
+
+    def failed(self, error: str) -> None:
+        self.error = error
+        self.finish("failed")
+
+    def finish(self, state: AttemptState) -> None:
+        self.state, self.finished_at = state, utc_now()
 
     def as_json(self) -> dict[str, Any]:
-        item: dict[str, Any] = {"number": self.number, "url": self.url, "status": self.status}
+        item: dict[str, Any] = {
+            "number": self.number,
+            "url": self.url,
+            "state": self.state,
+            "status": self.status,
+        }
         if self.error:
             item["error"] = self.error
-        return {**item, "at": self.at}
+        item["at"] = self.at
+        if self.finished_at:
+            item["finishedAt"] = self.finished_at
+        return item
 
 
 @dataclass
@@ -74,7 +103,9 @@ class Delivery:
     device_ids: list[dict[str, str]]
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     status: Status = "pending"
+    state: DeliveryState = "queued"
     reason: str = ""
+    next_attempt_at: str = ""
     attempts: list[Attempt] = field(default_factory=list)
 
     def message(self, registration: Registration, number: int) -> dict[str, Any]:
@@ -91,8 +122,17 @@ class Delivery:
             "maxCallbackThreshold": MAX_ATTEMPTS,
         }
 
-    def finish(self, status: Status, reason: str = "") -> None:
-        self.status, self.reason = status, reason
+    def start(self, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        self.state, self.next_attempt_at = "in_flight", ""
+
+    def wait(self, seconds: float) -> None:
+        """The last attempt failed: the next one starts in ``seconds``."""
+        self.state = "retrying"
+        self.next_attempt_at = utc_now(seconds)
+
+    def finish(self, status: Literal["delivered", "archived"], reason: str = "") -> None:
+        self.status, self.state, self.reason, self.next_attempt_at = status, status, reason, ""
         log.info("delivery %d (%s %s): %s %s", self.id, self.account, self.service, status, reason)
 
     def as_json(self) -> dict[str, Any]:
@@ -103,10 +143,17 @@ class Delivery:
             "account": self.account,
             "service": self.service,
             "status": self.status,
+            "state": self.state,
         }
         if self.reason:
             item["reason"] = self.reason
-        return {**item, "attempts": [attempt.as_json() for attempt in self.attempts]}
+        if self.next_attempt_at:
+            item["nextAttemptAt"] = self.next_attempt_at
+        return {
+            **item,
+            "maxAttempts": MAX_ATTEMPTS,
+            "attempts": [attempt.as_json() for attempt in self.attempts],
+        }
 
 
 def service_part(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,7 +232,9 @@ class Deliveries:
         try:
             for number in range(1, MAX_ATTEMPTS + 1):
                 if number > 1:
-                    await asyncio.sleep(self.state.config.delivery_retry_seconds)
+                    wait = self.state.config.delivery_retry_seconds
+                    delivery.wait(wait)
+                    await asyncio.sleep(wait)
                 registration = self.state.registration(delivery.account, delivery.service)
                 if registration is None:
                     reason = f"{delivery.service} was deregistered before attempt {number}"
@@ -195,6 +244,9 @@ class Deliveries:
                     delivery.finish("delivered")
                     return
             delivery.finish("archived", f"no 2xx answer in {MAX_ATTEMPTS} attempts")
+        except asyncio.CancelledError:
+            delivery.finish("archived", "the simulator was reset or stopped")
+            raise
         except Exception:
             log.exception("delivery %d failed in the simulator", delivery.id)
             delivery.finish("archived", "simulator error")
@@ -205,7 +257,7 @@ class Deliveries:
         # Without user-info: aiohttp would turn it into an Authorization header.
         url = display_url(registration.url)
         attempt = Attempt(number, url, utc_now())
-        delivery.attempts.append(attempt)
+        delivery.start(attempt)
         timeout = self.state.config.delivery_timeout_seconds
         try:
             async with self._http.post(
@@ -214,11 +266,14 @@ class Deliveries:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
-                attempt.status = response.status
+                attempt.answered(response.status)
         except TimeoutError:
-            attempt.error = f"no answer within {timeout:g} s"
+            attempt.failed(f"no answer within {timeout:g} s")
         except (aiohttp.ClientError, ValueError) as exc:
-            attempt.error = f"{type(exc).__name__}: {exc}"
+            attempt.failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            if attempt.state == "in_flight":  # cancelled, or the simulator failed
+                attempt.failed("not finished: the simulator stopped this attempt")
         log.info(
             "delivery %d (%s %s) attempt %d to %s: %s",
             delivery.id,
@@ -228,7 +283,7 @@ class Deliveries:
             url,
             attempt.status or attempt.error,
         )
-        return attempt.status is not None and 200 <= attempt.status < 300
+        return attempt.state == "delivered"
 
 
 DELIVERIES = web.AppKey("deliveries", Deliveries)

@@ -5,7 +5,7 @@ string values ``${account}``, ``${service}`` and ``${now}`` are filled in when s
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
@@ -13,9 +13,14 @@ PAYLOADS = files("thingspace_operator.simulator").joinpath("payloads")
 GENERIC = "generic"
 
 
-def utc_now() -> str:
-    """The current time as ThingSpace writes it: ISO 8601, UTC, milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(after_seconds: float = 0.0) -> str:
+    """The current time (plus ``after_seconds``) as ThingSpace writes it: ISO 8601, UTC,
+    milliseconds."""
+    try:
+        moment = datetime.now(UTC) + timedelta(seconds=after_seconds)
+    except OverflowError:
+        moment = datetime.max.replace(tzinfo=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def sample_services() -> list[str]:

@@ -5,7 +5,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from aiohttp import web
 
@@ -13,6 +13,9 @@ from .faults import Fault
 
 DEMO_APPS = {"demo-app-key": "demo-app-secret"}
 DEMO_USERS = {"demo-user": "demo-password"}
+
+DuplicateRegister = Literal["upsert", "reject"]
+EmptyListBody = Literal["array", "empty"]
 
 
 @dataclass(frozen=True)
@@ -22,15 +25,43 @@ class SimulatorConfig:
     accounts: frozenset[str] | None = None
     token_lifetime_seconds: float = 3600.0
     session_idle_seconds: float = 1200.0
-    duplicate_register: Literal["upsert", "reject"] = "upsert"
-    empty_list_body: Literal["array", "empty"] = "array"
+    #: A second registration of a registered service: replace it, or refuse it.
+    duplicate_register: DuplicateRegister = "upsert"
+    #: The callback list with nothing registered: ``[]``, or a zero-length body.
+    empty_list_body: EmptyListBody = "array"
+    #: Refuse listener URLs on ports that ThingSpace does not allow (Url.PortNotAllowed).
     enforce_listener_ports: bool = True
+    #: Delay before every ``/api`` answer.
     latency_seconds: float = 0.0
     lockout_after_failed_logins: int = 5
     #: Wait between two attempts to deliver a callback message (ThingSpace: five minutes).
     delivery_retry_seconds: float = 300.0
     #: How long one delivery attempt may take before it counts as failed.
     delivery_timeout_seconds: float = 10.0
+
+
+#: Settings that ``thingspace-sim`` flags set at start and ``PUT /_sim/config`` changes
+#: (and ``GET /_sim/config`` shows) while it runs.
+LIVE_SETTINGS = (
+    "latency_seconds",
+    "session_idle_seconds",
+    "duplicate_register",
+    "empty_list_body",
+    "enforce_listener_ports",
+    "delivery_retry_seconds",
+    "delivery_timeout_seconds",
+)
+NUMERIC_SETTINGS = (
+    "latency_seconds",
+    "session_idle_seconds",
+    "delivery_retry_seconds",
+    "delivery_timeout_seconds",
+)
+BOOLEAN_SETTINGS = ("enforce_listener_ports",)
+CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "duplicate_register": get_args(DuplicateRegister),
+    "empty_list_body": get_args(EmptyListBody),
+}
 
 
 @dataclass
