@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: monitoring soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema dashboard bench clean
+.PHONY: monitoring soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema dashboard reference bench docs docs-serve clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,11 @@ schema: $(STAMP)
 dashboard: $(STAMP)
 	$(BIN)/python tools/dashboard.py
 
+## reference: regenerate docs/reference/ (CRD fields, chart values, command line, metrics)
+## from the source; a unit test fails when a page is stale
+reference: $(STAMP)
+	$(BIN)/python tools/gen_reference.py
+
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/contract
 
@@ -106,5 +111,14 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## docs: build the documentation site (mkdocs.yml, docs/) into site/; any warning, such as a
+## broken link or anchor, fails the build (NO_MKDOCS_2_WARNING: without the theme's banner)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+## docs-serve: serve the documentation site on http://127.0.0.1:8000 and rebuild on changes
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .demo site

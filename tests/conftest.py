@@ -93,7 +93,7 @@ class Cluster:
         labelled: bool | None = True,
     ) -> None:
         """Create or change a Secret, labelled ``thingspace.io/credentials=true`` as the
-        README asks (``labelled=False``: label removed; None: labels left as they are)."""
+        docs ask (``labelled=False``: label removed; None: labels left as they are)."""
         self.secret_values.update(v for k, v in data.items() if k in ("appSecret", "password"))
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         metadata: dict[str, Any] = {"name": name}

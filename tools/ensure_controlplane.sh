@@ -16,8 +16,9 @@ fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 src="$here/tests/controlplane"
 command -v go >/dev/null 2>&1 || { echo "go not found: cannot build the control plane" >&2; exit 3; }
-# A Go older than the module asks for (README: 1.24 or newer is enough) fetches the toolchain
-# it needs through the module proxy, even where the environment says GOTOOLCHAIN=local.
+# A Go older than the module asks for (1.24 or newer is enough, docs/development.md) fetches
+# the toolchain it needs through the module proxy, even where the environment says
+# GOTOOLCHAIN=local.
 export GOTOOLCHAIN=auto
 
 version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$src/go.mod")"
@@ -36,7 +37,7 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
 if [[ ! -x "$binary" ]]; then
-    echo "building the control plane $version (cold on 2 cores: about 10 minutes; see README)" >&2
+    echo "building the control plane $version (cold on 2 cores: about 10 minutes; see docs/development.md)" >&2
     start=$(date +%s)
     (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -pgo=off \
         -ldflags "$(echo $ldflags)" -o "$binary.tmp" .)

@@ -23,8 +23,8 @@ from thingspace_operator.reconciler import Runtime
 from thingspace_operator.simulator import SimulatorServer
 
 PERIOD = 1.0  # drift period for the tests that rely on it
-#: The bound the README documents for an unlabelled Secret: one period, plus the sweep's
-#: own work and the reconcile it asks for.
+#: The bound documented for an unlabelled Secret (docs/concepts/callbacks.md, Secrets): one
+#: period, plus the sweep's own work and the reconcile it asks for.
 WITHIN_ONE_PERIOD = PERIOD + 3.0
 UNRELATED_PAYLOAD = base64.b64encode(b"x" * 64 * 1024).decode()
 
