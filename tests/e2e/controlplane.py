@@ -8,6 +8,7 @@ for the demo or by hand.
 """
 
 import base64
+import concurrent.futures
 import contextlib
 import ctypes
 import json
@@ -70,6 +71,9 @@ def die_with_parent() -> None:
     when pytest-timeout ends that with os._exit and no teardown runs."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="controlplane-spawner")
 
 
 def free_port() -> int:
@@ -336,13 +340,20 @@ class ControlPlane(Cluster):
         self, name: str, args: Sequence[str], stdout: bool = False
     ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [str(self.binary), name, *args],
-            stdout=subprocess.PIPE if stdout else log,
-            stderr=log,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+
+        def spawn() -> "subprocess.Popen[bytes]":
+            return subprocess.Popen(
+                [str(self.binary), name, *args],
+                stdout=subprocess.PIPE if stdout else log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+        # The kernel's parent-death signal follows the *thread* that started the child: a
+        # component restarted from a short-lived thread (the chaos soak's) would be killed
+        # when that thread ends. One thread that lives as long as the process starts them.
+        process = _SPAWNER.submit(spawn).result()
         self._processes[name] = process
         return process
 
