@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.cluster import Release, eventually, unique
 from tests.e2e.controlplane import Cluster
+from tests.unit.test_reference_docs import fields as schema_fields
 
 GROUP_VERSION = "thingspace.io/v1alpha1"
 #: resource as kubectl names it -> (CRD, schema name in the served OpenAPI v3 document)
@@ -90,18 +91,6 @@ def test_listed_fields_and_description_parse_explain_output() -> None:
     assert description("DESCRIPTION:\n    <empty>\n") == ""
 
 
-def openapi_fields(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every property (``spec.url``), array item (``[]``) and map value (``{}``) below
-    ``node``, from the served OpenAPI v3 document."""
-    for name, child in node.get("properties", {}).items():
-        yield f"{path}.{name}", child
-        yield from openapi_fields(child, f"{path}.{name}")
-    for key, suffix in (("items", "[]"), ("additionalProperties", "{}")):
-        if isinstance(node.get(key), dict):
-            yield path + suffix, node[key]
-            yield from openapi_fields(node[key], path + suffix)
-
-
 @pytest.fixture(scope="module")
 def served(installed: Cluster) -> dict[str, Any]:
     """The components.schemas of the API server's OpenAPI v3 document of the group."""
@@ -135,7 +124,7 @@ def test_explain_lists_the_served_fields(
     schema = served[RESOURCES[resource][1]]["properties"]["spec"]
     expected = {
         path.replace("[]", "").lstrip(".")
-        for path, _ in openapi_fields(schema, "")
+        for path, _ in schema_fields(schema, "")
         if not path.endswith(("[]", "{}"))
     }
     listed = listed_fields(explain(installed, f"{resource}.spec", "--recursive"))
@@ -151,7 +140,7 @@ def test_served_schema_describes_every_field(served: dict[str, Any], resource: s
         for part in ("spec", "status")
         for path, node in [
             (part, schema["properties"][part]),
-            *openapi_fields(schema["properties"][part], part),
+            *schema_fields(schema["properties"][part], part),
         ]
     ]
     assert len(nodes) >= 20
