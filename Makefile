@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 HELM := .tools/helm
 
-.PHONY: monitoring soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema dashboard reference bench docs docs-serve clean
+.PHONY: release verify-release release-tools actionlint version monitoring soak nodetest demo test lint format typecheck unit integration e2e controlplane node image chart tools schema dashboard reference bench docs docs-serve clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,38 @@ IMAGE ?= localhost/thingspace-operator:dev
 image:
 	$(PYTHON) tools/build_image.py --tag $(IMAGE)
 
+## release: build, push and sign a release into REGISTRY=host[:port]/path: the image (OCI
+## labels, SBOM attestation) and the OCI chart, at VERSION (default: pyproject.toml's),
+## signed with COSIGN_KEY=cosign.key (password in COSIGN_PASSWORD) or SIGN=keyless, or
+## SIGN=none; writes dist/release.json (docs/releasing.md)
+release: $(STAMP) $(HELM)
+	@test -n "$(REGISTRY)" || { echo "make release REGISTRY=host[:port]/path (see docs/releasing.md)"; exit 2; }
+	$(BIN)/python tools/release.py publish --registry $(REGISTRY) $(if $(VERSION),--version $(VERSION)) \
+		$(if $(COSIGN_KEY),--key $(COSIGN_KEY)) $(if $(filter keyless,$(SIGN)),--keyless) \
+		$(if $(filter none,$(SIGN)),--unsigned)
+
+## verify-release: cosign verify a release's image, chart and SBOM attestation in REGISTRY,
+## against COSIGN_PUB=cosign.pub or the keyless IDENTITY (the release workflow's URI)
+verify-release: $(STAMP)
+	@test -n "$(REGISTRY)" || { echo "make verify-release REGISTRY=host[:port]/path"; exit 2; }
+	$(BIN)/python tools/release.py verify --registry $(REGISTRY) $(if $(VERSION),--version $(VERSION)) \
+		$(if $(COSIGN_PUB),--key $(COSIGN_PUB)) $(if $(IDENTITY),--identity $(IDENTITY))
+
+## release-tools: build (or reuse) cosign, syft and actionlint (Go module proxy) and fetch
+## Debian's docker-registry, cached outside the checkout
+release-tools: $(STAMP)
+	$(BIN)/python tools/release_tools.py
+
+## actionlint: check the GitHub workflows (.github/workflows; also in the test suite)
+actionlint: $(STAMP)
+	$(BIN)/pytest tests/release/test_workflows.py
+
+## version: set the version everywhere it is written (VERSION=x.y.z): pyproject.toml, uv.lock,
+## the chart's version and appVersion, a CHANGELOG heading
+version: $(STAMP)
+	@test -n "$(VERSION)" || { echo "make version VERSION=x.y.z"; exit 2; }
+	$(BIN)/python tools/set_version.py $(VERSION)
+
 ## monitoring: fetch (or reuse) Debian's prometheus and promtool and the Prometheus
 ## Operator's CRDs (Go module proxy) for the monitoring tests; cached outside the checkout
 monitoring: $(STAMP)
@@ -52,7 +84,7 @@ monitoring: $(STAMP)
 
 ## test: lint, type-check and run the whole test suite (the e2e and node layers too when
 ## Go is there, the node layer as root)
-test: lint typecheck $(HELM) controlplane node monitoring
+test: lint typecheck $(HELM) controlplane node monitoring release-tools
 	$(BIN)/pytest
 
 e2e: $(STAMP) $(HELM) controlplane

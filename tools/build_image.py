@@ -2,7 +2,8 @@
 """Build the operator image from the Dockerfile with podman, as users build it, and write an
 archive for `ctr -n k8s.io images import`; its path is the last line of stdout.
 
-    python3 tools/build_image.py [--tag REF]... [--base IMAGE] [--stand-in] [--check]
+    python3 tools/build_image.py [--tag REF]... [--label K=V]... [--base IMAGE] [--stand-in]
+                                 [--check]
 
 The Dockerfile's default base (the official Python image) comes from Docker Hub. Where that
 cannot be pulled, a stand-in base with the same layout is built once from Debian packages
@@ -12,6 +13,7 @@ to stderr. Needs root (podman, mmdebstrap); installs them with apt-get when miss
 """
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -221,18 +223,24 @@ def context_files(root: Path = ROOT) -> Iterator[Path]:
         yield from (Path(directory) / f for f in sorted(files) if not f.endswith(".pyc"))
 
 
-def inputs_key(base_id: str, root: Path = ROOT) -> str:
-    parts = [VERSION.encode(), base_id.encode()]
+def inputs_key(base_id: str, root: Path = ROOT, labels: Sequence[str] = ()) -> str:
+    parts = [VERSION.encode(), base_id.encode(), *(label.encode() for label in labels)]
     for path in context_files(root):
         parts += [str(path.relative_to(root)).encode(), path.read_bytes()]
     return digest(*parts)
 
 
-def build(base: str, tags: Sequence[str], extra_ca: Path | None, fresh: bool = False) -> str:
+def build(
+    base: str,
+    tags: Sequence[str],
+    extra_ca: Path | None,
+    fresh: bool = False,
+    labels: Sequence[str] = (),
+) -> str:
     """The operator image's id: podman build, unless the same inputs were built already."""
     base_id = image_id(base)
     assert base_id is not None
-    record = IMAGES / f"operator-{inputs_key(base_id)}.id"
+    record = IMAGES / f"operator-{inputs_key(base_id, labels=labels)}.id"
     cached = record.read_text().strip() if record.exists() else None
     if cached and not fresh and image_id(cached):
         log(f"reusing image {cached[:12]} (same inputs)")
@@ -242,9 +250,10 @@ def build(base: str, tags: Sequence[str], extra_ca: Path | None, fresh: bool = F
     log(f"podman build on {base}")
     secret = ["--secret", f"id=extra_ca,src={extra_ca}"] if extra_ca else []
     tag_flags = [flag for tag in tags for flag in ("--tag", tag)]
+    label_flags = [flag for label in labels for flag in ("--label", label)]
     run(
         *PODMAN, "build", *ULIMITS, *BUILD_NETWORK, "--pull=never", *(["--no-cache"] * fresh),
-        "--build-arg", f"PYTHON_IMAGE={base}", *secret, *tag_flags,
+        "--build-arg", f"PYTHON_IMAGE={base}", *secret, *tag_flags, *label_flags,
         "--file", str(ROOT / "Dockerfile"), str(ROOT),
     )  # fmt: skip
     built = image_id(tags[0])
@@ -290,6 +299,17 @@ def check(image: str) -> None:
     log("check passed (note: podman adds a passwd entry for uid 10001; containerd does not)")
 
 
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """podman and the image cache to this process: make, the test layers and a release
+    may build together."""
+    ensure_installed("podman", "runc")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with (IMAGES / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", action="append", help=f"repeatable (default {DEFAULT_TAG})")
@@ -300,15 +320,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--check", action="store_true", help="run the image's entry points")
     parser.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    parser.add_argument("--label", action="append", default=[], help="KEY=VALUE, repeatable")
     args = parser.parse_args(argv)
     tags: list[str] = args.tag or [DEFAULT_TAG]
     extra_ca = Path(args.extra_ca) if args.extra_ca and Path(args.extra_ca).is_file() else None
 
-    ensure_installed("podman", "runc")
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    with (IMAGES / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # make and the test layers may run this together
-        image = build(ensure_base(args.base, args.stand_in), tags, extra_ca, args.no_cache)
+    with exclusive():
+        base = ensure_base(args.base, args.stand_in)
+        image = build(base, tags, extra_ca, args.no_cache, args.label)
         archive = save(image, tags)
         if args.check:
             check(image)

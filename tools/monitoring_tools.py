@@ -33,18 +33,24 @@ class Unavailable(Exception):
 
 def prometheus_bin() -> Path:
     """The directory holding ``prometheus`` and ``promtool``."""
-    version = _candidate_version()
-    target = CACHE / "prometheus" / version.replace(":", "_")
-    if (target / "promtool").exists() and (target / "prometheus").exists():
+    return debian_binaries(PROMETHEUS_PACKAGE, ("prometheus", "promtool"))
+
+
+def debian_binaries(package: str, tools: tuple[str, ...]) -> Path:
+    """A directory holding ``tools`` from /usr/bin of Debian's ``package`` (the candidate
+    version), downloaded and unpacked once: no root, nothing installed, no service started."""
+    version = _candidate_version(package)
+    target = CACHE / package / version.replace(":", "_")
+    if all((target / tool).exists() for tool in tools):
         return target
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         os.chmod(work, 0o755)  # noqa: S103 (apt's download user must be able to write there)
-        _run(["apt-get", "download", f"{PROMETHEUS_PACKAGE}={version}"], cwd=work)
+        _run(["apt-get", "download", f"{package}={version}"], cwd=work)
         (deb,) = work.glob("*.deb")
         _run(["dpkg-deb", "-x", str(deb), str(work / "root")])
         target.mkdir(parents=True, exist_ok=True)
-        for tool in ("prometheus", "promtool"):
+        for tool in tools:
             shutil.copy2(work / "root" / "usr" / "bin" / tool, target / tool)
     return target
 
@@ -63,10 +69,10 @@ def operator_crds() -> Path:
     return crds
 
 
-def _candidate_version(refreshed: bool = False) -> str:
+def _candidate_version(package: str, refreshed: bool = False) -> str:
     if shutil.which("apt-cache") is None:
-        raise Unavailable("no apt-cache: Debian's prometheus package cannot be fetched")
-    policy = _run(["apt-cache", "policy", PROMETHEUS_PACKAGE]).stdout
+        raise Unavailable(f"no apt-cache: Debian's {package} package cannot be fetched")
+    policy = _run(["apt-cache", "policy", package]).stdout
     for line in policy.splitlines():
         if line.strip().startswith("Candidate:"):
             version = line.split(":", 1)[1].strip()
@@ -74,8 +80,8 @@ def _candidate_version(refreshed: bool = False) -> str:
                 return version
     if os.geteuid() == 0 and not refreshed:  # a fresh machine may have no package lists
         _run(["apt-get", "update", "-qq"])
-        return _candidate_version(refreshed=True)
-    raise Unavailable("apt knows no prometheus package (apt-get update?)")
+        return _candidate_version(package, refreshed=True)
+    raise Unavailable(f"apt knows no {package} package (apt-get update?)")
 
 
 def _run(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

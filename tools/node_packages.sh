@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test node and the image build use, when missing: runc and
 # the CNI plugins (pods), iptables, nftables and conntrack (kube-proxy and the node's guard),
-# podman, buildah and mmdebstrap (the image). Only as root with apt-get; otherwise it says
-# what is missing and the node layer skips.
+# podman, buildah and mmdebstrap (the image), shellcheck (actionlint checks the workflows'
+# scripts with it). Only as root with apt-get; otherwise it says what is missing and the
+# node layer skips.
 set -euo pipefail
 
-wanted=(runc containernetworking-plugins iptables nftables conntrack podman buildah mmdebstrap uidmap)
+wanted=(runc containernetworking-plugins iptables nftables conntrack podman buildah mmdebstrap uidmap shellcheck)
 missing=()
 for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -119,8 +119,12 @@ class Simulator(SimulatorApi):
 class Release:
     """The chart installed with helm, as a user installs it."""
 
-    def __init__(self, plane: Cluster, namespace: str, name: str = RELEASE) -> None:
-        self.plane, self.namespace, self.name = plane, namespace, name
+    def __init__(
+        self, plane: Cluster, namespace: str, name: str = RELEASE, chart: str = str(CHART)
+    ) -> None:
+        """``chart``: the chart's directory here, or where a user installs it from (an
+        ``oci://`` reference, its flags such as ``--version`` then given to ``install``)."""
+        self.plane, self.namespace, self.name, self.chart = plane, namespace, name, chart
         # The chart's fullname: the release name alone when it already names the chart.
         chart = "thingspace-operator"
         self.service_account = name if chart in name else f"{name}-{chart}"
@@ -144,7 +148,7 @@ class Release:
         if self._crd_owner() not in (None, self.name):
             values = ("--set", "crds.enabled=false", *values)
         self.helm(
-            command, self.name, str(CHART), "--namespace", self.namespace,
+            command, self.name, self.chart, "--namespace", self.namespace,
             "--create-namespace", *values,
         )  # fmt: skip
         self.plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")

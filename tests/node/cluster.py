@@ -189,6 +189,7 @@ class Node(ControlPlane):
     def _write_containerd_config(self) -> None:
         d = self.workdir / "containerd"
         (d / "cni").mkdir(parents=True)
+        (d / "certs.d").mkdir()
         spec = json.loads(run(str(self.parts / "bin" / "ctr"), "oci", "spec"))
         # runc cannot raise a limit here (no CAP_SYS_RESOURCE): start every container low.
         spec["process"]["rlimits"] = [
@@ -363,6 +364,20 @@ class Node(ControlPlane):
     def import_image(self, archive: Path) -> None:
         self._ctr("images", "import", str(archive))
 
+    def pull_over_plain_http(self, registry: str) -> None:
+        """Let the CRI pull from a registry that speaks plain HTTP (a host:port), as an
+        administrator configures containerd for one: a hosts.toml, read at each pull."""
+        hosts = self.workdir / "containerd" / "certs.d" / registry
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(
+            f'server = "http://{registry}"\n\n'
+            f'[host."http://{registry}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+
+    def image_references(self) -> list[str]:
+        """The image references containerd's CRI namespace holds."""
+        return self._ctr("images", "list", "--quiet").split()
+
     def _kill_shims(self) -> None:
         """A shim outlives containerd by design: end ours (their command line names our
         containerd's address) so nothing of the node keeps running."""
@@ -456,6 +471,8 @@ state = "{dir}/state"
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "{dir}/certs.d"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{pause}"
 

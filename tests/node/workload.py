@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.cluster import Release, SimulatorApi, eventually, unique
+from tests.e2e.cluster import CHART, Release, SimulatorApi, eventually, unique
 from tests.e2e.controlplane import Cluster
 from tests.node.cluster import OPERATOR_REPOSITORY, OPERATOR_TAG
 
@@ -134,10 +134,18 @@ class Installed:
             forward.stop()
 
 
-def install(plane: Cluster, *values: str, namespace: str | None = None) -> Installed:
+def install(
+    plane: Cluster,
+    *values: str,
+    namespace: str | None = None,
+    chart: str | None = None,
+    image_values: tuple[str, ...] = IMAGE_VALUES,
+) -> Installed:
+    """The chart here with the image built here, unless ``chart`` says where else from (its
+    ``image_values`` then say which image)."""
     namespace = namespace or restricted_namespace(plane, "tso-node")
-    release = Release(plane, namespace, name=unique("tso"))
-    release.install(*IMAGE_VALUES, *values)
+    release = Release(plane, namespace, name=unique("tso"), chart=chart or str(CHART))
+    release.install(*image_values, *values)
     installed = Installed(plane, release)
     installed.wait_rolled_out()
     installed.kubectl("wait", "--for=condition=Available", "deployment", "--all", "--timeout=120s")

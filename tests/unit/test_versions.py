@@ -1,6 +1,7 @@
 """One version: the package's, in pyproject.toml, is the chart's version and appVersion
 (so the image tag the chart asks for by default), the package's ``__version__`` and the
-CHANGELOG's newest heading. Bump them together."""
+CHANGELOG's newest heading. `make version VERSION=x.y.z` (tools/set_version.py) writes them
+all; `make release` tags the image and packages the chart with it."""
 
 import re
 import tomllib

@@ -1,0 +1,50 @@
+"""The GitHub workflows (CI and the release) pass actionlint, which also type-checks their
+expressions and, where shellcheck is installed, their scripts. They cannot run here; what
+they call (`.ci/run`, `make release`, `make verify-release`, tools/release_notes.py) is
+exercised by the rest of the suite."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from tools.release_tools import Unavailable, find
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def actionlint() -> Path:
+    try:
+        return find("actionlint")
+    except Unavailable as exc:
+        pytest.skip(f"######## actionlint not available: {exc} ########")
+
+
+def test_the_workflows_pass_actionlint() -> None:
+    assert {path.name for path in WORKFLOWS} >= {"ci.yml", "release.yml"}
+    done = subprocess.run(
+        [str(actionlint()), "-no-color", *map(str, WORKFLOWS)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ci_runs_the_ci_entry_point() -> None:
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [step.get("run", "") for job in ci["jobs"].values() for step in job["steps"]]
+    assert any("bash .ci/run" in step for step in steps)
+
+
+def test_the_release_runs_make_release_keyless_on_a_version_tag() -> None:
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    triggers = release[True]  # YAML 1.1 reads the key `on` as true
+    assert triggers["push"]["tags"] == ["v*.*.*"]
+    (job,) = release["jobs"].values()
+    assert job["permissions"]["id-token"] == "write"  # Sigstore's OIDC identity
+    assert job["permissions"]["packages"] == "write"  # ghcr.io
+    steps = "\n".join(step.get("run", "") for step in job["steps"])
+    assert re.search(r"make release REGISTRY=\S+ SIGN=keyless", steps)
+    assert "make verify-release" in steps
+    assert "ghcr.io" in job["env"]["REGISTRY"]

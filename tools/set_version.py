@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Set the release version everywhere it is written, from one command:
+
+    python3 tools/set_version.py X.Y.Z[-PRE]
+
+pyproject.toml's ``version`` (the one source: the package's ``__version__`` is read from
+it), uv.lock (re-locked, so ``uv sync --locked`` accepts it), the chart's ``version`` and
+``appVersion`` (the image tag it asks for by default), and the CHANGELOG's newest heading:
+an ``(unreleased)`` heading is renamed, else a new one is added above the last release.
+tests/unit/test_versions.py fails when any of them disagrees.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEMVER = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
+
+
+def with_pyproject_version(text: str, version: str) -> str:
+    return re.sub(r'(?m)^version = "[^"]*"', f'version = "{version}"', text, count=1)
+
+
+def with_chart_version(text: str, version: str) -> str:
+    text = re.sub(r"(?m)^version: .*$", f"version: {version}", text, count=1)
+    return re.sub(r"(?m)^appVersion: .*$", f'appVersion: "{version}"', text, count=1)
+
+
+def with_changelog_heading(text: str, version: str) -> str:
+    newest = re.search(r"(?m)^## (\S+)(.*)$", text)
+    if newest and newest.group(1) == version:
+        return text
+    if newest and "unreleased" in newest.group(2):
+        return text[: newest.start()] + f"## {version} (unreleased)" + text[newest.end() :]
+    heading = f"## {version} (unreleased)\n\n"
+    at = newest.start() if newest else len(text)
+    return text[:at] + heading + text[at:]
+
+
+def main(version: str) -> None:
+    if not SEMVER.match(version):
+        raise SystemExit(f"set_version: {version!r} is not MAJOR.MINOR.PATCH[-PRE]")
+    edits = {
+        "pyproject.toml": with_pyproject_version,
+        "charts/thingspace-operator/Chart.yaml": with_chart_version,
+        "CHANGELOG.md": with_changelog_heading,
+    }
+    for name, edit in edits.items():
+        path = ROOT / name
+        path.write_text(edit(path.read_text(), version))
+    uv = ROOT / ".venv" / "bin" / "uv"
+    subprocess.run([str(uv), "lock", "--quiet"], cwd=ROOT, check=True)  # noqa: S603
+    print(f"version {version}: pyproject.toml, uv.lock, Chart.yaml, CHANGELOG.md")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1])
