@@ -48,3 +48,16 @@ def test_the_release_runs_make_release_keyless_on_a_version_tag() -> None:
     assert re.search(r"make release REGISTRY=\S+ SIGN=keyless", steps)
     assert "make verify-release" in steps
     assert "ghcr.io" in job["env"]["REGISTRY"]
+
+
+def test_every_action_is_pinned_to_a_commit() -> None:
+    """A tag can be moved by whoever controls the action's repository; a commit cannot."""
+    uses = [
+        line.split("uses:", 1)[1].split("#")[0].strip()
+        for path in WORKFLOWS
+        for line in path.read_text().splitlines()
+        if "uses:" in line
+    ]
+    assert uses
+    unpinned = [use for use in uses if not re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", use)]
+    assert not unpinned, unpinned
