@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 from unittest import mock
 
 import yaml
@@ -341,29 +341,6 @@ def values_page() -> str:
 # --- cli.md -----------------------------------------------------------------------------
 
 
-class _Parsed(Exception):
-    """Raised in place of parsing: carries the parser a function built."""
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        super().__init__(parser.prog)
-        self.parser = parser
-
-
-def parser_of(main: Callable[[list[str]], Any]) -> argparse.ArgumentParser:
-    """The parser ``main`` builds before it parses its arguments (for commands that do not
-    expose a function returning it): ``parse_args`` hands the parser over instead."""
-
-    def hand_over(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
-        raise _Parsed(self)
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", hand_over):
-        try:
-            main(["--help"])
-        except _Parsed as parsed:
-            return parsed.parser
-    raise RuntimeError(f"{main.__qualname__} parsed no arguments")
-
-
 @contextlib.contextmanager
 def clean_environment() -> Iterator[None]:
     """Some defaults come from the environment (``--api-url``): document the built-in
@@ -391,13 +368,13 @@ def commands() -> list[tuple[str, str, argparse.ArgumentParser]]:
             ),
             (
                 "thingspace-sim send",
-                "the parser of `thingspace_operator.simulator.cli:send_main`",
-                parser_of(sim.send_main),
+                "`thingspace_operator.simulator.cli:send_parser`",
+                sim.send_parser(),
             ),
             (
                 "kubectl thingspace",
-                "the parser of `thingspace_operator.gitops.commands:kubectl_main`",
-                parser_of(gitops.kubectl_main),
+                "`thingspace_operator.gitops.commands:kubectl_parser`",
+                gitops.kubectl_parser(),
             ),
         ]
 

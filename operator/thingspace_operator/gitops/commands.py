@@ -382,12 +382,16 @@ def _kubernetes(args: argparse.Namespace) -> "kubernetes.client.ApiClient":
         raise CommandError(f"no usable kubeconfig: {exc}") from None
 
 
-def kubectl_main(argv: Sequence[str] | None = None) -> int:
-    """``kubectl thingspace export|diff|plan|status`` (kubectl finds ``kubectl-thingspace``
-    on PATH)."""
+def kubectl_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="kubectl thingspace",
         description="ThingSpace callback registrations: export, diff and status.",
     )
     add_commands(parser.add_subparsers(dest="command", required=True))
-    return dispatch(parser.parse_args(argv))
+    return parser
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """``kubectl thingspace export|diff|plan|status`` (kubectl finds ``kubectl-thingspace``
+    on PATH)."""
+    return dispatch(kubectl_parser().parse_args(argv))

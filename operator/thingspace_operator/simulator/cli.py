@@ -254,7 +254,7 @@ class SendFailed(Exception):
     """The simulator refused the request or could not be reached."""
 
 
-def send_main(argv: Sequence[str]) -> int:
+def send_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thingspace-sim send",
         description="Ask a running thingspace-sim to deliver one callback message to the URL "
@@ -283,6 +283,11 @@ def send_main(argv: Sequence[str]) -> int:
         "stderr as it goes, then print the history entry",
     )
     parser.add_argument("--wait-timeout", type=seconds, metavar="SECONDS", help="give up then")
+    return parser
+
+
+def send_main(argv: Sequence[str]) -> int:
+    parser = send_parser()
     args = parser.parse_args(argv)
     body: dict[str, Any] = {"account": args.account, "service": args.service}
     try:
