@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tests.e2e.cluster import SCRIPTS, Simulator, SimulatorApi, eventually
 from tests.e2e.controlplane import die_with_parent, free_port
-from tests.e2e.proxies import HOP_HEADERS, CuttableTcpProxy, LoopThread
+from tests.e2e.proxies import CuttableTcpProxy, LoopThread, ReverseProxy
 
 CALLBACKS = "/api/m2m/v1/callbacks/"
 
@@ -66,60 +66,40 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("THINGSPACE_")}
 
 
-class SoakProxy:
+class SoakProxy(ReverseProxy):
     """Reverse proxy to the simulator for one operator pod; ``sender`` names the process
     incarnation running behind it now (set by the supervisor before each start)."""
 
     def __init__(self, loop: LoopThread, upstream: str, pod: str) -> None:
-        self._loop, self._upstream = loop, upstream.rstrip("/")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.sender = f"{pod}#0"
         self.sent: list[Sent] = []
         self.lose_registers = 0  # answers of the next successful registers to drop
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        loop.run(self._start())
-
-    async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        super().__init__(loop, upstream, timeout=120)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         at, sender = time.monotonic(), self.sender
         body = await request.read()
         endpoint, account, service, url, key = _classify(request, body)
-        assert self._session is not None
         if endpoint == "deregister":  # what is about to go (the operator holds its lock)
             url = await self._live_url(account, service)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        async with self._session.request(
-            request.method, self._upstream + request.path_qs, headers=headers, data=body
-        ) as answer:
-            payload = await answer.read()
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
-            status = answer.status
-        text = payload.decode(errors="replace")
+        answer = await self.relay(request, body)
+        text = answer.body.decode(errors="replace")
         rejected = (endpoint == "token" and "invalid_client" in text) or (
             endpoint == "login" and ("Password.Invalid" in text or "User.Locked" in text)
         )
-        lose = endpoint == "register" and status == 200 and self.lose_registers > 0
+        lose = endpoint == "register" and answer.status == 200 and self.lose_registers > 0
         if lose:
             self.lose_registers -= 1
         self.sent.append(
             Sent(at, time.monotonic(), sender, endpoint, account, service, url,
-                 0 if lose else status, key, rejected)
+                 0 if lose else answer.status, key, rejected)
         )  # fmt: skip
         if lose:
-            # ThingSpace applied it; the operator never hears back (a cut connection).
+            # ThingSpace applied it; the operator never hears back (a cut connection). The
+            # answer written after the abort fails quietly (aiohttp logs only an exception).
             assert request.transport is not None
             request.transport.abort()
-            raise ConnectionResetError("answer lost on purpose")
-        return web.Response(status=status, body=payload, headers=kept)
+        return answer.response()
 
     async def _live_url(self, account: str, service: str) -> str:
         assert self._session is not None
@@ -130,15 +110,6 @@ class SoakProxy:
                 if item["serviceName"] == service:
                     return str(item["url"])
         return ""
-
-    def close(self) -> None:
-        async def stop() -> None:
-            if self._runner is not None:
-                await self._runner.cleanup()
-            if self._session is not None:
-                await self._session.close()
-
-        self._loop.run(stop())
 
 
 def _classify(request: web.Request, body: bytes) -> tuple[str, str, str, str, str]:

@@ -47,33 +47,33 @@ class Call:
     service: str  # a register call's serviceName ("" for others)
 
 
-class RecordingProxy:
-    """An HTTP reverse proxy to the simulator that records every call passing through."""
+class ReverseProxy:
+    """An HTTP reverse proxy on a free local port to ``upstream``. It relays every call as
+    it is; a subclass overrides ``_forward`` to see or change calls, relaying with
+    ``relay``."""
 
-    def __init__(self, loop: LoopThread, upstream: str) -> None:
+    def __init__(self, loop: LoopThread, upstream: str, timeout: float | None = None) -> None:
         self._loop, self._upstream = loop, upstream.rstrip("/")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.calls: list[Call] = []
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         loop.run(self._start())
 
     async def _start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
-    async def _forward(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        service = ""
-        if request.method == "POST" and "/callbacks/" in request.path:
-            with contextlib.suppress(ValueError):
-                service = str(json.loads(body).get("name", ""))
-        self.calls.append(Call(time.monotonic(), request.method, request.path, service))
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        return (await self.relay(request, await request.read())).response()
+
+    async def relay(self, request: web.Request, body: bytes) -> "Relayed":
+        """Send the call upstream; its answer, not yet returned to the caller."""
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         async with self._session.request(
@@ -81,10 +81,7 @@ class RecordingProxy:
         ) as answer:
             payload = await answer.read()
             kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
-            return web.Response(status=answer.status, body=payload, headers=kept)
-
-    def registers(self) -> list[Call]:
-        return [call for call in self.calls if call.service]
+            return Relayed(answer.status, payload, kept)
 
     def close(self) -> None:
         async def stop() -> None:
@@ -94,6 +91,36 @@ class RecordingProxy:
                 await self._session.close()
 
         self._loop.run(stop())
+
+
+@dataclass(frozen=True)
+class Relayed:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=self.headers)
+
+
+class RecordingProxy(ReverseProxy):
+    """A reverse proxy to the simulator that records every call passing through."""
+
+    def __init__(self, loop: LoopThread, upstream: str) -> None:
+        self.calls: list[Call] = []
+        super().__init__(loop, upstream)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        service = ""
+        if request.method == "POST" and "/callbacks/" in request.path:
+            with contextlib.suppress(ValueError):
+                service = str(json.loads(body).get("name", ""))
+        self.calls.append(Call(time.monotonic(), request.method, request.path, service))
+        return (await self.relay(request, body)).response()
+
+    def registers(self) -> list[Call]:
+        return [call for call in self.calls if call.service]
 
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
