@@ -48,12 +48,13 @@ image:
 ## release: build, push and sign a release into REGISTRY=host[:port]/path: the image (OCI
 ## labels, SBOM attestation) and the OCI chart, at VERSION (default: pyproject.toml's),
 ## signed with COSIGN_KEY=cosign.key (password in COSIGN_PASSWORD) or SIGN=keyless, or
-## SIGN=none; writes dist/release.json (docs/releasing.md)
+## SIGN=none; FORCE=1 replaces a version already there; writes DIST (default dist/)
+## release.json (docs/releasing.md)
 release: $(STAMP) $(HELM)
 	@test -n "$(REGISTRY)" || { echo "make release REGISTRY=host[:port]/path (see docs/releasing.md)"; exit 2; }
 	$(BIN)/python tools/release.py publish --registry $(REGISTRY) $(if $(VERSION),--version $(VERSION)) \
 		$(if $(COSIGN_KEY),--key $(COSIGN_KEY)) $(if $(filter keyless,$(SIGN)),--keyless) \
-		$(if $(filter none,$(SIGN)),--unsigned)
+		$(if $(filter none,$(SIGN)),--unsigned) $(if $(FORCE),--force) $(if $(DIST),--dist $(DIST))
 
 ## verify-release: cosign verify a release's image, chart and SBOM attestation in REGISTRY,
 ## against COSIGN_PUB=cosign.pub or the keyless IDENTITY (the release workflow's URI)

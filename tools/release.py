@@ -10,15 +10,19 @@
 4. cosign signatures on the image and the chart, by digest: with a key file, or keyless
    (Sigstore's OIDC flow, for the hosted release workflow).
 
-    python3 tools/release.py publish --registry HOST[:PORT]/PATH [--version V]
-                                     (--key cosign.key | --keyless | --unsigned)
+    python3 tools/release.py publish --registry HOST[:PORT]/PATH [--version V] [--force]
+                                     [--dist DIR] (--key cosign.key | --keyless | --unsigned)
     python3 tools/release.py verify --registry HOST[:PORT]/PATH [--version V]
                                     (--key cosign.pub | --identity URI [--issuer URL])
 
-VERSION defaults to pyproject.toml's. Registries on the loopback address are spoken to over
-plain HTTP, as Docker treats them; log in to any other beforehand (podman login, helm
-registry login; cosign and syft read the same credentials). A key file's password comes
-from COSIGN_PASSWORD. What was pushed is written to dist/release.json and printed.
+VERSION defaults to pyproject.toml's version, and may only add a pre-release or build
+suffix to it (0.2.0-rc.1 of 0.2.0): the package inside says the same. A version already in
+the registry is not overwritten without --force. Registries on the loopback address are
+spoken to over plain HTTP, as Docker treats them, and only there may the image be built on
+the stand-in base where the Dockerfile's cannot be pulled; log in to any other beforehand
+(podman login, helm registry login; cosign and syft read the same credentials). A key
+file's password comes from COSIGN_PASSWORD; the key is opened before anything is built.
+What was pushed is written to dist/release.json and printed.
 """
 
 import argparse
@@ -46,6 +50,15 @@ IMAGE_NAME = "thingspace-operator"
 CHART_PATH = "charts"  # under the registry path: REGISTRY/charts/thingspace-operator
 #: semver 2, as helm requires of a chart version
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+#: cosign's flags for a registry on the loopback address (plain HTTP)
+HTTP_REGISTRY = ("--allow-http-registry", "--allow-insecure-registry")
+#: An SBOM of packages, without every file of the image: a keyless attestation goes whole
+#: into Rekor, which refuses entries of a few MB (the files alone made it 5 MB).
+SYFT_ENV = {
+    "SYFT_FILE_METADATA_SELECTION": "none",
+    "SYFT_RELATIONSHIPS_PACKAGE_FILE_OWNERSHIP": "false",
+    "SYFT_CHECK_FOR_APP_UPDATE": "false",
+}
 
 
 def log(message: str) -> None:
@@ -59,7 +72,8 @@ def run(*command: str, env: dict[str, str] | None = None) -> str:
         command, stdout=subprocess.PIPE, text=True, check=False, env={**os.environ, **(env or {})}
     )
     if done.returncode != 0:
-        raise SystemExit(f"release: {command[0]} {command[1]} failed (exit {done.returncode})")
+        # Arguments carry references and paths, never a secret (those come in env).
+        raise SystemExit(f"release: failed (exit {done.returncode}): {' '.join(command)}")
     return done.stdout
 
 
@@ -90,14 +104,28 @@ def project(pyproject: str) -> Project:
     )
 
 
+def release_version(requested: str | None, package: str) -> str:
+    """The version to release: the package's, or a pre-release or build of it."""
+    version = requested or package
+    if not SEMVER.match(version):
+        raise SystemExit(f"release: version {version!r} is not semver (MAJOR.MINOR.PATCH[-PRE])")
+    if version != package and not version.startswith((f"{package}-", f"{package}+")):
+        raise SystemExit(
+            f"release: version {version} is not pyproject.toml's {package} (nor a pre-release "
+            f"of it); set it first: make version VERSION=..."
+        )
+    return version
+
+
 def commit_time(iso: str) -> str:
     """git's strict ISO 8601 time (any offset) as RFC 3339 in UTC, as the OCI spec asks."""
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def oci_labels(project: Project, commit: Commit, version: str) -> dict[str, str]:
+def oci_labels(project: Project, commit: Commit, version: str, base: str) -> dict[str, str]:
     prefix = "org.opencontainers.image"
     return {
+        f"{prefix}.base.name": base,
         f"{prefix}.title": IMAGE_NAME,
         f"{prefix}.description": project.description,
         f"{prefix}.version": version,
@@ -154,36 +182,33 @@ def pushed_digest(helm_output: str) -> str:
 
 @dataclass(frozen=True)
 class Signer:
-    """cosign with a key file, offline (``offline_config``: a signing config naming no
-    transparency log nor timestamp service), or keyless (Fulcio and Rekor, with the CI's
-    OIDC identity)."""
+    """cosign flags: with a key file, offline (a signing config naming no transparency log
+    nor timestamp service), or keyless (Fulcio and Rekor, with the CI's OIDC identity)."""
 
-    key: Path | None
-    insecure_registry: bool
-    offline_config: Path | None = None
+    flags: tuple[str, ...]
 
-    def flags(self) -> list[str]:
-        registry = ["--allow-http-registry", "--allow-insecure-registry"]
-        registry = registry if self.insecure_registry else []
-        if self.key is None:
-            return ["--yes", *registry]
-        assert self.offline_config is not None
-        offline = ["--signing-config", str(self.offline_config)]
-        return ["--yes", "--key", str(self.key), *offline, *registry]
+    @classmethod
+    def with_key(cls, key: Path, offline_config: Path, insecure_registry: bool) -> "Signer":
+        registry = HTTP_REGISTRY if insecure_registry else ()
+        return cls(("--yes", "--key", str(key), "--signing-config", str(offline_config), *registry))
+
+    @classmethod
+    def keyless(cls, insecure_registry: bool) -> "Signer":
+        return cls(("--yes", *(HTTP_REGISTRY if insecure_registry else ())))
 
     def sign(self, reference: str) -> None:
-        run(str(go_tool("cosign")), "sign", *self.flags(), reference)
+        run(str(go_tool("cosign")), "sign", *self.flags, reference)
 
     def attest_sbom(self, reference: str, sbom: Path) -> None:
         run(
-            str(go_tool("cosign")), "attest", *self.flags(), "--type", "spdxjson",
+            str(go_tool("cosign")), "attest", *self.flags, "--type", "spdxjson",
             "--predicate", str(sbom), reference,
         )  # fmt: skip
 
 
-def offline_signing_config() -> Path:
+def offline_signing_config(dist: Path) -> Path:
     """Key-file signatures live in the registry only: no Sigstore service is contacted."""
-    path = DIST / "offline-signing-config.json"
+    path = dist / "offline-signing-config.json"
     run(str(go_tool("cosign")), "signing-config", "create", "--out", str(path))
     return path
 
@@ -206,14 +231,26 @@ def head_commit() -> Commit:
     return Commit(revision=revision, created=commit_time(git("show", "-s", "--format=%cI")))
 
 
-def build_and_push_image(target: Target, labels: dict[str, str], insecure: bool) -> str:
+def release_base(insecure: bool) -> str:
+    """The Dockerfile's base image; only a dry run into a local registry may fall back to
+    the stand-in built from Debian packages when that cannot be pulled."""
+    if insecure:
+        return build_image.ensure_base(None, stand_in=False)
+    official = build_image.default_base((ROOT / "Dockerfile").read_text())
+    return build_image.ensure_base(official, stand_in=False)  # pulls, or fails
+
+
+def build_and_push_image(
+    target: Target, meta: Project, commit: Commit, insecure: bool, dist: Path
+) -> str:
     """The pushed image's digest."""
     reference = f"{target.image}:{target.version}"
     extra_ca = build_image.HOST_CA if build_image.HOST_CA.is_file() else None
-    label_args = [f"{key}={value}" for key, value in labels.items()]
-    digest_file = DIST / "image.digest"
+    digest_file = dist / "image.digest"
     with build_image.exclusive():
-        base = build_image.ensure_base(None, stand_in=False)
+        base = release_base(insecure)
+        labels = oci_labels(meta, commit, target.version, base)
+        label_args = [f"{key}={value}" for key, value in labels.items()]
         image = build_image.build(base, [reference], extra_ca, labels=label_args)
         run(
             "podman", "push", f"--tls-verify={str(not insecure).lower()}", "--format", "oci",
@@ -222,31 +259,42 @@ def build_and_push_image(target: Target, labels: dict[str, str], insecure: bool)
     return digest_file.read_text().strip()
 
 
-def sbom(target: Target, digest: str, insecure: bool) -> Path:
+def sbom(target: Target, digest: str, insecure: bool, dist: Path) -> Path:
     """The pushed image's SBOM, SPDX JSON."""
-    path = DIST / f"{IMAGE_NAME}-{target.version}.spdx.json"
+    path = dist / f"{IMAGE_NAME}-{target.version}.spdx.json"
     run(
         str(go_tool("syft")), "scan", f"registry:{target.image}@{digest}",
         "--source-name", IMAGE_NAME, "--source-version", target.version,
         "--output", f"spdx-json={path}", "--quiet",
-        env={
-            "SYFT_REGISTRY_INSECURE_USE_HTTP": str(insecure).lower(),
-            "SYFT_CHECK_FOR_APP_UPDATE": "false",
-        },
+        env={**SYFT_ENV, "SYFT_REGISTRY_INSECURE_USE_HTTP": str(insecure).lower()},
     )  # fmt: skip
     return path
 
 
-def package_and_push_chart(target: Target, helm: str, insecure: bool) -> str:
+def helm_plain_http(insecure: bool) -> list[str]:
+    return ["--plain-http"] if insecure else []
+
+
+def already_released(target: Target, helm: str, insecure: bool) -> bool:
+    """The chart of this version is in the registry: pushed last, it marks a release."""
+    shown = subprocess.run(  # noqa: S603
+        [helm, "show", "chart", f"oci://{target.chart}", "--version", target.version,
+         *helm_plain_http(insecure)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return shown.returncode == 0
+
+
+def package_and_push_chart(target: Target, helm: str, insecure: bool, dist: Path) -> str:
     """The pushed chart's digest."""
     run(
         helm, "package", str(CHART), "--version", target.version,
-        "--app-version", target.version, "--destination", str(DIST),
+        "--app-version", target.version, "--destination", str(dist),
     )  # fmt: skip
-    package = DIST / f"{IMAGE_NAME}-{target.version}.tgz"
-    plain = ["--plain-http"] if insecure else []
+    package = dist / f"{IMAGE_NAME}-{target.version}.tgz"
     done = subprocess.run(  # noqa: S603
-        [helm, "push", str(package), f"oci://{target.chart_repository}", *plain],
+        [helm, "push", str(package), f"oci://{target.chart_repository}",
+         *helm_plain_http(insecure)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -254,22 +302,34 @@ def package_and_push_chart(target: Target, helm: str, insecure: bool) -> str:
     return pushed_digest(done.stdout + done.stderr)
 
 
+def signer_for(args: argparse.Namespace, insecure: bool) -> Signer | None:
+    """The signer, its inputs checked before anything is built or pushed: a wrong key path
+    or password found after the push would leave an unsigned release behind."""
+    if args.unsigned:
+        return None
+    if args.keyless:
+        return Signer.keyless(insecure)
+    if not args.key.is_file():
+        raise SystemExit(f"release: no cosign key at {args.key}")
+    if "COSIGN_PASSWORD" not in os.environ:
+        raise SystemExit("release: set COSIGN_PASSWORD (empty for a key without one)")
+    run(str(go_tool("cosign")), "public-key", "--key", str(args.key))  # opens the key
+    return Signer.with_key(args.key, offline_signing_config(args.dist), insecure)
+
+
 def publish(args: argparse.Namespace) -> None:
     meta = project((ROOT / "pyproject.toml").read_text())
-    version = args.version or meta.version
-    if not SEMVER.match(version):
-        raise SystemExit(f"release: version {version!r} is not semver (MAJOR.MINOR.PATCH[-PRE])")
+    version = release_version(args.version, meta.version)
     target, insecure = Target(args.registry, version), plain_http(args.registry)
-    if args.key is not None and "COSIGN_PASSWORD" not in os.environ:
-        raise SystemExit("release: set COSIGN_PASSWORD (empty for a key without one)")
-    DIST.mkdir(exist_ok=True)
-    offline = offline_signing_config() if args.key is not None else None
-    signer = None if args.unsigned else Signer(args.key, insecure, offline)
+    args.dist.mkdir(parents=True, exist_ok=True)
+    signer = signer_for(args, insecure)
+    if not args.force and already_released(target, args.helm, insecure):
+        raise SystemExit(f"release: {target.chart}:{version} exists; --force (FORCE=1) replaces it")
 
     commit = head_commit()
-    image_digest = build_and_push_image(target, oci_labels(meta, commit, version), insecure)
-    sbom_path = sbom(target, image_digest, insecure)
-    chart_digest = package_and_push_chart(target, args.helm, insecure)
+    image_digest = build_and_push_image(target, meta, commit, insecure, args.dist)
+    sbom_path = sbom(target, image_digest, insecure, args.dist)
+    chart_digest = package_and_push_chart(target, args.helm, insecure, args.dist)
     if signer is not None:
         signer.sign(f"{target.image}@{image_digest}")
         signer.attest_sbom(f"{target.image}@{image_digest}", sbom_path)
@@ -282,10 +342,10 @@ def publish(args: argparse.Namespace) -> None:
         "imageDigest": image_digest,
         "chart": f"oci://{target.chart}",
         "chartDigest": chart_digest,
-        "sbom": str(sbom_path.relative_to(ROOT)),
+        "sbom": sbom_path.name,
         "signed": "no" if signer is None else "keyless" if args.keyless else "key",
     }
-    (DIST / "release.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.dist / "release.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
@@ -304,8 +364,7 @@ def verify(args: argparse.Namespace) -> None:
     exits non-zero when any is missing or signed by someone else."""
     meta = project((ROOT / "pyproject.toml").read_text())
     target = Target(args.registry, args.version or meta.version)
-    registry = ["--allow-http-registry", "--allow-insecure-registry"]
-    flags = verification_flags(args) + (registry if plain_http(args.registry) else [])
+    flags = verification_flags(args) + list(HTTP_REGISTRY if plain_http(args.registry) else ())
     cosign = str(go_tool("cosign"))
     run(cosign, "verify", *flags, f"{target.image}:{target.version}")
     run(cosign, "verify", *flags, f"{target.chart}:{target.version}")
@@ -335,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         each.add_argument("--version", help="default: pyproject.toml's version")
     publish_parser.add_argument("--helm", default=str(ROOT / ".tools" / "helm"))
+    publish_parser.add_argument("--dist", type=Path, default=DIST, help="default: dist/")
+    publish_parser.add_argument("--force", action="store_true", help="replace a version")
     signing = publish_parser.add_mutually_exclusive_group(required=True)
     signing.add_argument("--key", type=Path, help="a cosign private key file")
     signing.add_argument("--keyless", action="store_true", help="Sigstore keyless (OIDC)")

@@ -27,9 +27,9 @@ from monitoring_tools import CACHE, Unavailable, debian_binaries
 class GoTool:
     package: str  # what go install builds
     version: str
-    #: A Go release this module needs when it is newer than the machine's (the go command
-    #: takes it from the module proxy); None: the machine's own Go.
-    toolchain: str | None = None
+    #: The Go release to build with when the module needs a newer one than the machine's
+    #: (the go command takes it from the module proxy); "auto": the one the module names.
+    toolchain: str = "auto"
 
     @property
     def name(self) -> str:
@@ -39,7 +39,7 @@ class GoTool:
 GO_TOOLS = {
     tool.name: tool
     for tool in (
-        # cosign 3 requires Go 1.27; only this build uses that toolchain.
+        # cosign 3 requires Go 1.27: the proxy serves 1.27.3 here.
         GoTool("github.com/sigstore/cosign/v3/cmd/cosign", "v3.1.4", toolchain="go1.27.3"),
         GoTool("github.com/anchore/syft/cmd/syft", "v1.57.2"),
         GoTool("github.com/rhysd/actionlint/cmd/actionlint", "v1.7.12"),
@@ -59,9 +59,7 @@ def go_tool(name: str) -> Path:
         raise Unavailable(f"{tool.name}: Go is not installed (it is built from the module proxy)")
     scratch = target.with_name(target.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
-    env = {**os.environ, "GOBIN": str(scratch), "CGO_ENABLED": "0"}
-    if tool.toolchain:
-        env["GOTOOLCHAIN"] = tool.toolchain
+    env = {**os.environ, "GOBIN": str(scratch), "CGO_ENABLED": "0", "GOTOOLCHAIN": tool.toolchain}
     print(f"release_tools: building {tool.package}@{tool.version}", file=sys.stderr, flush=True)
     done = subprocess.run(  # noqa: S603
         ["go", "install", "-trimpath", "-ldflags=-s -w", f"{tool.package}@{tool.version}"],  # noqa: S607

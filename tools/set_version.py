@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Set the release version everywhere it is written, from one command:
 
-    python3 tools/set_version.py X.Y.Z[-PRE]
+    python3 tools/set_version.py X.Y.Z
 
 pyproject.toml's ``version`` (the one source: the package's ``__version__`` is read from
 it), uv.lock (re-locked, so ``uv sync --locked`` accepts it), the chart's ``version`` and
 ``appVersion`` (the image tag it asks for by default), and the CHANGELOG's newest heading:
 an ``(unreleased)`` heading is renamed, else a new one is added above the last release.
-tests/unit/test_versions.py fails when any of them disagrees.
+tests/unit/test_versions.py fails when any of them disagrees. Only MAJOR.MINOR.PATCH: a
+pre-release is written differently by Python (0.2.0rc1) and Helm (0.2.0-rc.1), so one is
+released from its final version (make release VERSION=0.2.0-rc.1).
 """
 
 import re
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SEMVER = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
+FINAL = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def with_pyproject_version(text: str, version: str) -> str:
@@ -40,8 +42,8 @@ def with_changelog_heading(text: str, version: str) -> str:
 
 
 def main(version: str) -> None:
-    if not SEMVER.match(version):
-        raise SystemExit(f"set_version: {version!r} is not MAJOR.MINOR.PATCH[-PRE]")
+    if not FINAL.match(version):
+        raise SystemExit(f"set_version: {version!r} is not MAJOR.MINOR.PATCH")
     edits = {
         "pyproject.toml": with_pyproject_version,
         "charts/thingspace-operator/Chart.yaml": with_chart_version,

@@ -25,11 +25,22 @@ from tests.node.cluster import Node
 from tests.node.registry import LocalRegistry
 from tests.node.workload import install
 
+pytestmark = pytest.mark.timeout(1500)  # the first test runs `make release` (cold: minutes)
+
+DOCKERFILE = ROOT / "Dockerfile"
 PATH = "thingspace"  # the registry path: REGISTRY=127.0.0.1:PORT/thingspace
 IMAGE_REPOSITORY = f"{PATH}/thingspace-operator"
 CHART_REPOSITORY = f"{PATH}/charts/thingspace-operator"
-#: The image's interpreter (the Dockerfile's base): what the lock's markers are read for.
-IMAGE_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.2"}
+#: Keyless attestations go whole into Rekor, which refuses entries of a few MB.
+SBOM_LIMIT = 2_000_000
+
+
+def image_python() -> dict[str, str]:
+    """The Dockerfile's interpreter (python:X.Y.Z-...): what the lock's markers are read for."""
+    found = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)\.(\d+)", DOCKERFILE.read_text(), re.M)
+    assert found, "the Dockerfile's PYTHON_IMAGE names no python:X.Y.Z"
+    major, minor, patch = found.groups()
+    return {"python_version": f"{major}.{minor}", "python_full_version": f"{major}.{minor}.{patch}"}
 
 
 @dataclass
@@ -37,6 +48,7 @@ class Released:
     registry: LocalRegistry
     summary: dict[str, Any]
     public_key: Path
+    dist: Path
 
     @property
     def prefix(self) -> str:
@@ -91,11 +103,11 @@ def released(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         )  # fmt: skip
         done = make(
             "release", f"REGISTRY={registry.host}/{PATH}", f"COSIGN_KEY={workdir / 'cosign.key'}",
-            COSIGN_PASSWORD="",
+            f"DIST={workdir / 'dist'}", COSIGN_PASSWORD="",
         )  # fmt: skip
-        summary = json.loads((ROOT / "dist" / "release.json").read_text())
+        summary = json.loads((workdir / "dist" / "release.json").read_text())
         assert summary["imageDigest"] in done.stdout
-        yield Released(registry, summary, workdir / "cosign.pub")
+        yield Released(registry, summary, workdir / "cosign.pub", workdir / "dist")
     finally:
         registry.stop()
 
@@ -128,6 +140,18 @@ def test_the_signatures_of_the_image_chart_and_sbom_verify(released: Released) -
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_a_released_version_is_not_overwritten(released: Released, tmp_path: Path) -> None:
+    done = make(
+        "release", f"REGISTRY={released.prefix}", f"DIST={tmp_path}",
+        f"COSIGN_KEY={released.public_key.with_name('cosign.key')}",
+        COSIGN_PASSWORD="", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"thingspace-operator:{released.version} exists" in done.stderr
+    _, digest = released.registry.manifest(IMAGE_REPOSITORY, released.version)
+    assert digest == released.summary["imageDigest"]
+
+
 def test_a_signature_by_another_key_does_not_verify(released: Released, tmp_path: Path) -> None:
     subprocess.run(
         [str(tool("cosign")), "generate-key-pair"],
@@ -136,7 +160,7 @@ def test_a_signature_by_another_key_does_not_verify(released: Released, tmp_path
     )  # fmt: skip
     done = released.verify(tmp_path / "cosign.pub")
     assert done.returncode != 0
-    assert "signature" in (done.stdout + done.stderr).lower()
+    assert "failed to verify signature" in done.stderr
 
 
 def test_a_tag_re_pointed_to_an_unsigned_image_fails_verification(released: Released) -> None:
@@ -153,7 +177,7 @@ def test_a_tag_re_pointed_to_an_unsigned_image_fails_verification(released: Rele
     try:
         done = released.verify()
         assert done.returncode != 0
-        assert "signature" in (done.stdout + done.stderr).lower()
+        assert "no signatures found" in done.stderr
     finally:
         registry.put_manifest(IMAGE_REPOSITORY, version, original)
     assert released.verify().returncode == 0  # the original is signed still
@@ -172,7 +196,7 @@ def locked_runtime_packages() -> dict[str, str]:
         if found is None:
             continue
         name, version, marker = found.groups()
-        if marker and not Marker(marker).evaluate(IMAGE_PYTHON):
+        if marker and not Marker(marker).evaluate(image_python()):
             continue
         packages[normalise(name)] = version
     return packages
@@ -204,6 +228,8 @@ def test_the_sbom_lists_the_locked_python_dependencies(released: Released) -> No
     missing = {name: v for name, v in locked.items() if python.get(name) != v}
     assert not missing, f"locked but not in the SBOM at that version: {missing}"
     assert python.get("thingspace-operator") == released.version
+    # small enough for a keyless attestation: packages, not every file of the image
+    assert (released.dist / released.summary["sbom"]).stat().st_size < SBOM_LIMIT
 
 
 def test_the_chart_installs_from_the_registry_and_its_pods_pull_the_image(

@@ -4,6 +4,7 @@ they call (`.ci/run`, `make release`, `make verify-release`, tools/release_notes
 exercised by the rest of the suite."""
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,13 +23,25 @@ def actionlint() -> Path:
         pytest.skip(f"######## actionlint not available: {exc} ########")
 
 
-def test_the_workflows_pass_actionlint() -> None:
-    assert {path.name for path in WORKFLOWS} >= {"ci.yml", "release.yml"}
+def lint(*flags: str) -> None:
     done = subprocess.run(
-        [str(actionlint()), "-no-color", *map(str, WORKFLOWS)],
+        [str(actionlint()), "-no-color", *flags, *map(str, WORKFLOWS)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_workflows_pass_actionlint() -> None:
+    assert {path.name for path in WORKFLOWS} >= {"ci.yml", "release.yml"}
+    lint("-shellcheck=")  # the workflows themselves: syntax, expressions, permissions
+
+
+def test_the_workflows_scripts_pass_shellcheck() -> None:
+    """actionlint skips the scripts silently without shellcheck: here it says so."""
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("######## shellcheck not installed: the workflows' scripts unchecked ########")
+    lint(f"-shellcheck={shellcheck}")
 
 
 def test_ci_runs_the_ci_entry_point() -> None:
@@ -41,13 +54,18 @@ def test_the_release_runs_make_release_keyless_on_a_version_tag() -> None:
     release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
     triggers = release[True]  # YAML 1.1 reads the key `on` as true
     assert triggers["push"]["tags"] == ["v*.*.*"]
-    (job,) = release["jobs"].values()
-    assert job["permissions"]["id-token"] == "write"  # Sigstore's OIDC identity
-    assert job["permissions"]["packages"] == "write"  # ghcr.io
-    steps = "\n".join(step.get("run", "") for step in job["steps"])
+    assert release["permissions"] == {"contents": "read"}
+    publish, announce = release["jobs"]["publish"], release["jobs"]["github-release"]
+    assert publish["permissions"]["id-token"] == "write"  # Sigstore's OIDC identity
+    assert publish["permissions"]["packages"] == "write"  # ghcr.io
+    assert publish["permissions"]["contents"] == "read"
+    steps = "\n".join(step.get("run", "") for step in publish["steps"])
     assert re.search(r"make release REGISTRY=\S+ SIGN=keyless", steps)
     assert "make verify-release" in steps
-    assert "ghcr.io" in job["env"]["REGISTRY"]
+    assert "ghcr.io" in publish["env"]["REGISTRY"]
+    # only the job that runs no project code may write to the repository
+    assert announce["permissions"] == {"contents": "write"}
+    assert not any("make" in step.get("run", "") for step in announce["steps"])
 
 
 def test_every_action_is_pinned_to_a_commit() -> None:

@@ -2,11 +2,12 @@
 plain HTTP, names, versions). `make release` itself runs against a local registry in the
 node layer (tests/node/test_release.py)."""
 
+import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
-from tools import release_notes, set_version
+from tools import release, release_notes, set_version
 from tools.release import (
     Commit,
     Signer,
@@ -16,6 +17,7 @@ from tools.release import (
     plain_http,
     project,
     pushed_digest,
+    release_version,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_labels_come_from_the_project_and_the_commit() -> None:
     meta = project((ROOT / "pyproject.toml").read_text())
     commit = Commit(revision="abc123", created="2026-12-08T01:02:03Z")
-    labels = oci_labels(meta, commit, "1.2.3")
+    labels = oci_labels(meta, commit, "1.2.3", "docker.io/library/python:3.11.14-slim-bookworm")
     prefix = "org.opencontainers.image."
+    assert labels[prefix + "base.name"] == "docker.io/library/python:3.11.14-slim-bookworm"
     assert labels[prefix + "version"] == "1.2.3"
     assert labels[prefix + "revision"] == "abc123"
     assert labels[prefix + "created"] == "2026-12-08T01:02:03Z"
@@ -71,13 +74,79 @@ def test_the_chart_digest_is_read_from_helm_push() -> None:
 
 
 def test_key_signatures_stay_offline_and_keyless_uses_the_transparency_log() -> None:
-    keyed = Signer(Path("cosign.key"), True, Path("offline.json")).flags()
+    keyed = Signer.with_key(Path("cosign.key"), Path("offline.json"), True).flags
     assert keyed[keyed.index("--signing-config") + 1] == "offline.json"
     assert "--allow-http-registry" in keyed
-    keyless = Signer(None, insecure_registry=False).flags()
+    keyless = Signer.keyless(insecure_registry=False).flags
     assert "--key" not in keyless
     assert "--signing-config" not in keyless  # Sigstore's, from its TUF root
     assert "--allow-http-registry" not in keyless
+
+
+@pytest.mark.parametrize(
+    ("requested", "released"),
+    [(None, "0.2.0"), ("0.2.0", "0.2.0"), ("0.2.0-rc.1", "0.2.0-rc.1"), ("0.2.0+abc", "0.2.0+abc")],
+)
+def test_a_release_is_the_package_version_or_a_pre_release_of_it(
+    requested: str | None, released: str
+) -> None:
+    assert release_version(requested, "0.2.0") == released
+
+
+@pytest.mark.parametrize("requested", ["0.3.0", "0.2.1-rc.1", "v0.2.0", "0.2", "latest"])
+def test_any_other_version_is_refused(requested: str) -> None:
+    with pytest.raises(SystemExit):
+        release_version(requested, "0.2.0")
+
+
+def refused_before_any_command(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, *, env: dict[str, str] | None = None
+) -> str:
+    """``release.py`` exits with a message and has run nothing (built, pushed, signed)."""
+
+    def no_command(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a command ran: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_command)
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as refused:
+        release.main(argv)
+    return str(refused.value)
+
+
+def test_publish_refuses_a_missing_key_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    argv = ["publish", "--registry", "127.0.0.1:5000/x", "--dist", str(tmp_path)]
+    message = refused_before_any_command(
+        [*argv, "--key", str(tmp_path / "nope.key")], monkeypatch, env={"COSIGN_PASSWORD": ""}
+    )
+    assert "no cosign key" in message
+
+
+def test_publish_needs_the_key_password_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key = tmp_path / "cosign.key"
+    key.write_text("not read")
+    argv = ["publish", "--registry", "127.0.0.1:5000/x", "--dist", str(tmp_path), "--key", str(key)]
+    assert "COSIGN_PASSWORD" in refused_before_any_command(argv, monkeypatch)
+
+
+def test_publish_refuses_a_version_that_is_not_semver(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    argv = ["publish", "--registry", "r.example/x", "--dist", str(tmp_path), "--unsigned"]
+    assert "semver" in refused_before_any_command([*argv, "--version", "1.0"], monkeypatch)
+
+
+def test_publish_needs_a_registry_and_a_way_to_sign() -> None:
+    with pytest.raises(SystemExit):
+        release.main(["publish", "--unsigned"])
+    with pytest.raises(SystemExit):
+        release.main(["publish", "--registry", "r.example/x"])
 
 
 def test_set_version_writes_every_place() -> None:
@@ -92,6 +161,12 @@ def test_set_version_writes_every_place() -> None:
     released = "# Changelog\n\n## 0.1.0 (2026-12-08)\n\n- a\n"
     added = set_version.with_changelog_heading(released, "0.2.0")
     assert added.index("## 0.2.0 (unreleased)") < added.index("## 0.1.0 (2026-12-08)")
+
+
+@pytest.mark.parametrize("version", ["0.2.0-rc.1", "0.2", "v0.2.0"])
+def test_set_version_takes_final_versions_only(version: str) -> None:
+    with pytest.raises(SystemExit):
+        set_version.main(version)
 
 
 def test_the_pyproject_edit_touches_only_the_project_version() -> None:
