@@ -118,7 +118,11 @@ def test_the_release_pushes_the_image_and_chart_at_the_package_version(released:
     registry = released.registry
     _, digest = registry.manifest(IMAGE_REPOSITORY, version)
     assert digest == released.summary["imageDigest"]
-    assert registry.manifest(CHART_REPOSITORY, version)[1] == released.summary["chartDigest"]
+    chart, chart_digest = registry.manifest(CHART_REPOSITORY, version)
+    assert chart_digest == released.summary["chartDigest"]
+    # the registry links the chart to its source (ghcr.io: to the repository's packages)
+    annotations = json.loads(chart)["annotations"]
+    assert annotations["org.opencontainers.image.source"].startswith("https://github.com/")
 
 
 def test_the_image_carries_the_oci_labels_of_its_commit(released: Released) -> None:
