@@ -237,7 +237,13 @@ def release_base(insecure: bool) -> str:
     if insecure:
         return build_image.ensure_base(None, stand_in=False)
     official = build_image.default_base((ROOT / "Dockerfile").read_text())
-    return build_image.ensure_base(official, stand_in=False)  # pulls, or fails
+    try:
+        return build_image.ensure_base(official, stand_in=False)  # pulls, or fails
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(
+            f"release: cannot pull the Dockerfile's base {official}, which a release is built "
+            "on (only a dry run into a loopback registry may use the stand-in)"
+        ) from exc
 
 
 def build_and_push_image(

@@ -184,3 +184,19 @@ def test_the_release_notes_are_the_versions_changelog_section() -> None:
     assert release_notes.section(changelog, "0.1.0") == "- old\n"
     with pytest.raises(SystemExit):
         release_notes.section(changelog, "0.3.0")
+
+
+def test_a_release_to_a_real_registry_never_falls_back_to_the_stand_in_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = []
+
+    def unreachable(requested: str | None, stand_in: bool) -> str:
+        asked.append(requested)
+        raise subprocess.CalledProcessError(125, ["podman", "pull", str(requested)])
+
+    monkeypatch.setattr(release.build_image, "ensure_base", unreachable)
+    with pytest.raises(SystemExit, match="cannot pull the Dockerfile's base"):
+        release.release_base(insecure=False)
+    official = release.build_image.default_base((ROOT / "Dockerfile").read_text())
+    assert asked == [official]  # never None, which would allow the stand-in
