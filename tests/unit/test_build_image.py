@@ -1,25 +1,19 @@
 """tools/build_image.py: the pure parts (base name, host apt sources, cache key) and the
 Dockerfile's optional extra CA. The build itself runs in the node layer (podman, root)."""
 
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tools import build_image as build_image_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tools" / "build_image.py"
 
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_image", TOOL)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return build_image_tool
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 tools/dashboard.py generates, loads back into the Grafana Foundation SDK's model, queries
 only the operator's metrics of the chosen release, and ships in the chart (and docs/)."""
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -16,6 +15,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models import prometheus, stat, timeseries
 from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
+from tools import dashboard as dashboard_tool
 
 from tests.chart.test_chart import by_kind, render
 
@@ -44,12 +44,7 @@ ENABLED = ["--set", "grafana.dashboards.enabled=true"]
 
 
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dashboard", TOOL)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return dashboard_tool
 
 
 def dashboard() -> dict[str, Any]:

